@@ -1,0 +1,231 @@
+"""The three callbacks installed once with :func:`os.register_at_fork`.
+
+``os.register_at_fork`` runs ``before`` callbacks last-registered-first and
+``after_in_*`` callbacks first-registered-first. The standard library
+registers its own (``threading`` and ``logging`` reinitialise their locks in
+the child, ``random`` reseeds) when those modules are imported, so this module
+imports them before it registers: every atfork ``child`` callback then runs
+after the standard library's child reinitialisation, and every ``prepare``
+callback before ``logging`` takes its module lock, whatever the program's
+import order.
+
+A fork's state lives in ``_forks`` under the forking thread's id, from the
+prepare phase to the parent or child phase: two threads may be in their
+prepare phases at once. No phase takes a lock.
+"""
+
+from __future__ import annotations
+
+import logging  # noqa: F401  (imported for its at-fork hooks, see above)
+import os
+import random  # noqa: F401  (imported for its at-fork hook, see above)
+import sys
+import threading  # noqa: F401  (imported for its at-fork hook, see above)
+import weakref
+from _thread import get_ident
+from operator import length_hint
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from atfork._refs import Callback
+    from atfork._registry import Hook, Snapshot, _Registry
+
+__all__ = ["install"]
+
+_registry: _Registry | None = None
+
+
+class _Fork:
+    """A fork in progress that a snapshot alone cannot describe: one whose
+    prepare phase started nested forks, or where a prepare callback failed."""
+
+    __slots__ = ("child", "child_hooks", "nested", "parent", "parent_hooks")
+
+    nested: int
+    parent: tuple[Callback, ...]
+    parent_hooks: tuple[Hook, ...]
+    child: tuple[Callback, ...]
+    child_hooks: tuple[Hook, ...]
+
+    def __init__(self, fork: Snapshot | _Fork, failed: list[Hook] | None = None) -> None:
+        self.nested = fork.nested
+        self.parent, self.parent_hooks = _without(fork.parent, fork.parent_hooks, failed)
+        self.child, self.child_hooks = _without(fork.child, fork.child_hooks, failed)
+
+
+def _without(
+    calls: tuple[Callback, ...], hooks: tuple[Hook, ...], failed: list[Hook] | None
+) -> tuple[tuple[Callback, ...], tuple[Hook, ...]]:
+    if not failed:
+        return calls, hooks
+    keep = [(c, h) for c, h in zip(calls, hooks) if h not in failed]
+    return tuple(c for c, _ in keep), tuple(h for _, h in keep)
+
+
+# Forks in progress, by thread: the snapshot the fork runs, or a _Fork.
+#
+# Each fork write-protects every page of the parent, so each page the
+# dispatcher writes afterwards (a reference count is a write) costs a page
+# fault in each process. The phases therefore touch as few objects as they
+# can: the common case stores the snapshot itself and allocates nothing;
+# with nothing registered, each phase reads a few objects and returns.
+_forks: dict[int, Snapshot | _Fork] = {}
+
+
+# The phases below call their callbacks in the same few lines, written out
+# in each rather than in a shared function: one call less, and one object
+# less to touch, on every fork. One ``try`` around the whole loop keeps it as
+# short as CPython's own C loop; after an exception, _resume() reports it and
+# goes on with the same iterator.
+
+
+def _before() -> None:
+    if _forks:
+        ident = get_ident()
+        fork = _forks.get(ident)
+        if fork is not None:  # started by a callback of this thread's own prepare phase
+            fork = _forks[ident] = _Fork(fork)
+            fork.nested += 1
+            return
+    assert _registry is not None
+    snapshot = _registry.snapshot or _registry.rebuild()
+    if snapshot.idle:
+        return
+    ident = get_ident()
+    _forks[ident] = snapshot
+    calls = iter(snapshot.prepare)
+    try:
+        for call in calls:
+            call()
+    except BaseException:  # noqa: BLE001  (nobody can catch it at fork time)
+        failed = _resume(snapshot.prepare, snapshot.prepare_hooks, "prepare", calls)
+        _forks[ident] = _Fork(_forks[ident], failed)
+
+
+def _after_in_parent() -> None:
+    if _forks:
+        fork = _forks.pop(get_ident(), None)
+        if fork is None:
+            return
+        if fork.nested:
+            _forks[get_ident()] = _nested_done(fork)
+            return
+        calls = iter(fork.parent)
+        try:
+            for call in calls:
+                call()
+        except BaseException:  # noqa: BLE001  (nobody can catch it at fork time)
+            _resume(fork.parent, fork.parent_hooks, "parent", calls)
+
+
+def _after_in_child() -> None:
+    assert _registry is not None
+    # A thread of the parent may have been half way through a change.
+    _registry.snapshot = None
+    if _forks:
+        fork = _forks.pop(get_ident(), None)
+        if _forks:  # forks of other threads, cut short: those threads are not here
+            _forks.clear()
+        if fork is None:
+            return
+        if fork.nested:
+            _forks[get_ident()] = _nested_done(fork)
+            return
+        calls = iter(fork.child)
+        try:
+            for call in calls:
+                call()
+        except BaseException:  # noqa: BLE001  (nobody can catch it at fork time)
+            _resume(fork.child, fork.child_hooks, "child", calls)
+
+
+def _nested_done(fork: Snapshot | _Fork) -> _Fork:
+    assert isinstance(fork, _Fork)
+    fork.nested -= 1
+    return fork
+
+
+def _resume(
+    calls: tuple[Callback, ...], hooks: tuple[Hook, ...], phase: str, calls_left: Any
+) -> list[Hook]:
+    """Report the exception being handled, run the calls left the same way,
+    and return the hooks whose callback raised. The length hint of the
+    iterator gives the index of the call that raised."""
+    failed = []
+    while True:
+        hook = hooks[len(calls) - length_hint(calls_left) - 1]
+        _report(hook, phase)
+        failed.append(hook)
+        try:
+            for call in calls_left:
+                call()
+        except BaseException:  # noqa: BLE001, S112  (reported at the top of the loop)
+            continue
+        return failed
+
+
+def install(registry: _Registry) -> None:
+    """Register the dispatcher with ``os.register_at_fork``; called once, when
+    atfork is imported (the import lock serialises it, and no thread can hold
+    a lock of atfork's across a fork while installing).
+
+    Without ``os.register_at_fork`` (a platform without ``fork``) this does
+    nothing and registrations are never called.
+    """
+    global _registry
+    assert _registry is None, "installed twice"
+    _registry = registry
+    if hasattr(os, "register_at_fork"):
+        os.register_at_fork(
+            before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child
+        )
+
+
+_unraisable_args: Any = None
+
+
+def _unraisable_args_type() -> Any:
+    """``sys.unraisablehook``'s argument type, which CPython does not expose.
+
+    The default hook accepts nothing else, so one report is provoked (a weak
+    reference callback that raises) and caught; any other report arriving
+    meanwhile goes on to the hook that was installed.
+    """
+    global _unraisable_args
+    if _unraisable_args is None:
+        found: list[type] = []
+        previous = sys.unraisablehook
+
+        def probe(_: object) -> None:
+            raise LookupError
+
+        def catch(args: Any) -> None:
+            if args.object is probe:
+                found.append(type(args))
+            else:
+                previous(args)
+
+        class Referent:
+            pass
+
+        referent = Referent()
+        ref = weakref.ref(referent, probe)
+        sys.unraisablehook = catch
+        try:
+            del referent
+        finally:
+            sys.unraisablehook = previous
+        del ref
+        _unraisable_args = found[0]
+    return _unraisable_args
+
+
+def _report(hook: Hook, phase: str) -> None:
+    exc_type, exc, tb = sys.exc_info()
+    try:
+        args = _unraisable_args_type()(
+            (exc_type, exc, tb, f"Exception ignored in atfork {phase} callback", hook)
+        )
+        sys.unraisablehook(args)
+    except BaseException:  # noqa: BLE001, S110  (a broken hook must not break the fork)
+        pass

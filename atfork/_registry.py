@@ -1,0 +1,274 @@
+"""Registrations, their order, and the snapshot a fork runs.
+
+Mutations are O(1) and take no lock: a dict operation, then a new version
+number, then the cached snapshot dropped, each atomic under the GIL. The
+first fork after a change rebuilds the snapshot, an immutable set of tuples
+the dispatcher only reads; later forks reuse it. Without a lock there is
+nothing a thread could hold across a fork, so a child registers at once, and
+a weak reference callback run by the garbage collector in the middle of a
+registration cannot deadlock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Callable
+
+from atfork import _dispatch
+from atfork._refs import Callback, weak_call
+
+__all__ = ["Hook", "Snapshot", "atfork", "registry"]
+
+_PHASES = ("prepare", "parent", "child")
+
+
+class Snapshot:
+    """What one fork runs, fixed when its prepare phase starts.
+
+    Each phase has the callables to call, in call order, and beside them the
+    hook each one belongs to (to name it in an error report and to drop a
+    hook whose ``prepare`` failed from the ``parent`` and ``child`` phases).
+    A plain class with slots, not a named tuple: the interpreter reads slots
+    without writing to the code it runs (see ``_dispatch._forks``).
+    """
+
+    __slots__ = (
+        "child",
+        "child_hooks",
+        "idle",
+        "parent",
+        "parent_hooks",
+        "prepare",
+        "prepare_hooks",
+    )
+
+    #: A snapshot stands for a fork that started no nested fork; see
+    #: ``_dispatch._Fork``.
+    nested = 0
+
+    def __init__(self, ordered: list[Hook]) -> None:
+        def phase(index: int) -> tuple[tuple[Callback, ...], tuple[Hook, ...]]:
+            pairs = [(h._calls[index], h) for h in ordered]
+            return (
+                tuple(c for c, _ in pairs if c is not None),
+                tuple(h for c, h in pairs if c is not None),
+            )
+
+        # Snapshot order is the parent/child order: priority descending, then
+        # registration order. Prepare iterates it reversed, so its order is
+        # always the exact reverse.
+        prepare, prepare_hooks = phase(0)
+        self.prepare: tuple[Callback, ...] = prepare[::-1]
+        self.prepare_hooks: tuple[Hook, ...] = prepare_hooks[::-1]
+        self.parent, self.parent_hooks = phase(1)
+        self.child, self.child_hooks = phase(2)
+        #: True when no phase has anything to call.
+        self.idle = not (self.prepare or self.parent or self.child)
+
+
+def _descending_priority(hook: Hook) -> int:
+    return -hook._priority
+
+
+def _build(hooks: list[Hook]) -> Snapshot:
+    # The dict keeps registration order and sorted() is stable.
+    return Snapshot(sorted(hooks, key=_descending_priority))
+
+
+class _Registry:
+    """The process-wide set of registrations."""
+
+    def __init__(self) -> None:
+        self._hooks: dict[int, Hook] = {}
+        self._keys = itertools.count()
+        self._versions = itertools.count(1)
+        self._version = 0
+        #: The current snapshot, or None once a change made it stale.
+        self.snapshot: Snapshot | None = None
+
+    def add(self, hook: Hook) -> None:
+        hook._key = next(self._keys)
+        self._hooks[hook._key] = hook
+        self._changed()
+
+    def remove(self, hook: Hook) -> None:
+        if self._hooks.pop(hook._key, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        # The version first, then the snapshot dropped: see rebuild().
+        self._version = next(self._versions)
+        self.snapshot = None
+
+    def __contains__(self, hook: Hook) -> bool:
+        return hook._key in self._hooks
+
+    def hooks(self) -> tuple[Hook, ...]:
+        """The live registrations, in parent/child order."""
+        return tuple(sorted(self._hooks.copy().values(), key=_descending_priority))
+
+    def rebuild(self) -> Snapshot:
+        """Build, store and return the snapshot of the registrations now.
+
+        A change racing with this either stores its new version before the
+        check below (and the build is redone) or drops the stored snapshot
+        after it: a snapshot that misses a change is never kept.
+        """
+        while True:
+            version = self._version
+            snapshot = self.snapshot = _build(list(self._hooks.copy().values()))
+            if version == self._version:
+                return snapshot
+
+
+registry = _Registry()
+_dispatch.install(registry)
+
+
+class Hook:
+    """The handle of one registration, returned by :func:`atfork`.
+
+    Unregister it with :meth:`unregister`, or use it as a context manager to
+    unregister it when the block ends.
+
+    .. versionadded:: 0.1
+    """
+
+    __slots__ = ("__weakref__", "_calls", "_key", "_name", "_priority", "_refs")
+    __module__ = "atfork"
+
+    _name: str
+    _priority: int
+    _key: int
+    # What the dispatcher calls in each phase (the callback itself, or for a
+    # weak hook a caller that dereferences it first), and the weak references.
+    _calls: tuple[Callback | None, Callback | None, Callback | None]
+    _refs: tuple[Callable[[], object], ...]
+
+    def __init__(self) -> None:
+        raise TypeError("Hook objects are made by atfork.atfork()")
+
+    @property
+    def name(self) -> str:
+        """The name given at registration, or one derived from the callbacks."""
+        return self._name
+
+    @property
+    def priority(self) -> int:
+        """The priority given at registration."""
+        return self._priority
+
+    @property
+    def active(self) -> bool:
+        """False once unregistered, or once a weak callback's referent died."""
+        return self in registry and all(ref() is not None for ref in self._refs)
+
+    def unregister(self) -> None:
+        """End the registration; calling it again does nothing.
+
+        A fork whose prepare phase already started still calls this hook's
+        ``parent`` or ``child`` callback if its ``prepare`` callback ran.
+        """
+        registry.remove(self)
+
+    def __enter__(self) -> Hook:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.unregister()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "inactive"
+        return f"<atfork.Hook {self._name!r} priority={self._priority} {state}>"
+
+
+def _describe(func: Callback) -> str:
+    qualname = getattr(func, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return repr(func)
+    module = getattr(func, "__module__", None)
+    return f"{module}.{qualname}" if isinstance(module, str) else qualname
+
+
+def atfork(
+    prepare: Callback | None = None,
+    parent: Callback | None = None,
+    child: Callback | None = None,
+    *,
+    priority: int = 0,
+    weak: bool = False,
+    name: str | None = None,
+) -> Hook:
+    """Register callbacks to run around every fork of this process.
+
+    :param prepare: called in the forking thread before the fork.
+    :param parent: called in the parent after the fork.
+    :param child: called in the child after the fork, after the standard
+        library reinitialised ``threading`` and ``logging``.
+    :param priority: a higher priority runs earlier in ``parent`` and
+        ``child`` and later in ``prepare``. Equal priorities keep
+        ``pthread_atfork`` order: ``prepare`` last-registered-first,
+        ``parent`` and ``child`` first-registered-first.
+    :param weak: hold the callbacks by weak reference (bound methods through
+        :class:`weakref.WeakMethod`); the registration ends by itself when a
+        referent dies.
+    :param name: how error reports and listings name this hook; by default
+        the qualified name of the first callback.
+    :returns: a :class:`Hook` to unregister with.
+    :raises TypeError: if no callback is given, one is not callable, or
+        ``weak=True`` and one cannot be weakly referenced.
+
+    Callbacks take no arguments. An exception raised by a callback at fork
+    time, :class:`BaseException` included, cannot reach any caller: it is
+    reported through :func:`sys.unraisablehook`, naming the hook and the
+    phase, and the other callbacks still run. A hook whose ``prepare`` raised
+    gets neither its ``parent`` nor its ``child`` call for that fork.
+
+    .. versionadded:: 0.1
+    """
+    funcs = (prepare, parent, child)
+    if prepare is None and parent is None and child is None:
+        raise TypeError("atfork() needs at least one of prepare, parent and child")
+    for phase, func in zip(_PHASES, funcs):
+        if func is not None and not callable(func):
+            raise TypeError(f"{phase} must be callable, not {type(func).__name__}")
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+    if name is not None and not isinstance(name, str):
+        raise TypeError(f"name must be a str, not {type(name).__name__}")
+
+    hook = object.__new__(Hook)
+    hook._priority = priority
+    hook._name = name if name is not None else _describe(next(f for f in funcs if f is not None))
+    if weak:
+
+        def on_death(_: object) -> None:
+            registry.remove(hook)
+
+        made = [weak_call(f, on_death) if f is not None else None for f in funcs]
+        refs = tuple(m[1] for m in made if m is not None)
+        hook._refs = refs
+        hook._calls = tuple(  # type: ignore[assignment]
+            _all_alive(m[0], refs) if m is not None else None for m in made
+        )
+    else:
+        hook._refs = ()
+        hook._calls = funcs
+    registry.add(hook)
+    return hook
+
+
+def _all_alive(call: Callback, refs: tuple[object, ...]) -> Callback:
+    """A weak hook ends when any of its referents dies: each caller checks
+    the others too, so a snapshot built just before a death calls nothing."""
+    if len(refs) == 1:
+        return call
+    weak_refs: tuple[Callback, ...] = refs  # type: ignore[assignment]
+
+    def call_if_all_alive() -> None:
+        for ref in weak_refs:
+            if ref() is None:
+                return
+        call()
+
+    return call_if_all_alive

@@ -1,0 +1,1 @@
+"""Integrations that make libraries fork-safe, built on :func:`atfork.atfork`."""

@@ -1,0 +1,329 @@
+"""Helpers for fork tests that cannot hang a test suite.
+
+:func:`run_in_child` runs a callable in a forked child and gives its result,
+or its exception, back to the parent; :func:`run_python` runs source code in
+a fresh interpreter. Both wait with a deadline: a child still running at the
+deadline has its stack dumped (by :mod:`faulthandler`) and is killed.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import os
+import pickle
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple, TypeVar
+
+__all__ = [
+    "ChildError",
+    "ChildTimeoutError",
+    "PythonRun",
+    "run_in_child",
+    "run_python",
+    "wait_child",
+]
+
+T = TypeVar("T")
+
+#: The signal that makes a hung child dump its stack before it is killed.
+DUMP_SIGNAL = signal.SIGUSR2
+
+_LENGTH = struct.Struct("!Q")
+_MULTI_THREADED_FORK = r"This process \(pid=\d+\) is multi-threaded"
+
+
+class ChildError(RuntimeError):
+    """The child died without a result, or its exception could not be sent.
+
+    .. versionadded:: 0.1
+    """
+
+    __module__ = "atfork.testing"
+
+
+class ChildTimeoutError(TimeoutError):
+    """The child did not finish by its deadline and was killed.
+
+    ``stack`` holds the stack of every thread of the child at the deadline,
+    as :mod:`faulthandler` wrote it (empty if it could not write it).
+
+    .. versionadded:: 0.1
+    """
+
+    __module__ = "atfork.testing"
+
+    def __init__(self, message: str, stack: str) -> None:
+        super().__init__(f"{message}\n{stack}" if stack else message)
+        self.stack = stack
+
+
+class _RemoteTraceback(Exception):
+    """Carries the child's formatted traceback as the ``__cause__`` of the
+    exception re-raised in the parent."""
+
+    def __str__(self) -> str:
+        return f"\n\nin the child:\n{self.args[0]}"
+
+
+def _check_timeout(timeout: float) -> float:
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
+    if not timeout > 0:
+        raise ValueError(f"timeout must be positive, not {timeout!r}")
+    return float(timeout)
+
+
+def _read_stack(fd: int, quiet: float = 0.3, limit: float = 3.0) -> str:
+    """Read what a dumping child writes until it has been quiet a while."""
+    chunks = []
+    end = time.monotonic() + limit
+    while time.monotonic() < end and select.select([fd], [], [], quiet)[0]:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+def _wait(pid: int, deadline: float) -> int | None:
+    """The child's wait status, or None if it still runs at ``deadline``."""
+    delay = 0.0005
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def _kill(pid: int, stack_fd: int | None) -> str:
+    """Dump the stack of child ``pid`` (if it can), then kill and reap it."""
+    stack = ""
+    try:
+        if stack_fd is not None:
+            os.kill(pid, DUMP_SIGNAL)
+            stack = _read_stack(stack_fd)
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:  # it finished meanwhile
+        pass
+    os.waitpid(pid, 0)  # SIGKILL cannot be ignored: this returns at once
+    return stack
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by signal {os.WTERMSIG(status)}"
+    return f"exited with code {os.waitstatus_to_exitcode(status)}"
+
+
+def wait_child(pid: int, *, timeout: float = 30.0) -> int:
+    """Wait for child ``pid`` with a deadline; return its exit code.
+
+    The exit code is negative for a child killed by a signal, as
+    :func:`os.waitstatus_to_exitcode` gives it.
+
+    :raises ChildTimeoutError: the child was still running at the deadline;
+        it was killed.
+
+    .. versionadded:: 0.1
+    """
+    status = _wait(pid, time.monotonic() + _check_timeout(timeout))
+    if status is None:
+        _kill(pid, None)
+        raise ChildTimeoutError(
+            f"the child (pid {pid}) was still running after {timeout:g} s and was killed", ""
+        )
+    return os.waitstatus_to_exitcode(status)
+
+
+def _child_main(result_fd: int, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+    try:
+        try:
+            payload: tuple[Any, ...] = (True, func(*args))
+        except BaseException as exc:  # noqa: BLE001  (sent to the parent)
+            payload = (False, exc, traceback.format_exc())
+        try:
+            data = pickle.dumps(payload)
+        except Exception:  # noqa: BLE001
+            text = payload[2] if not payload[0] else traceback.format_exc()
+            data = pickle.dumps(
+                (False, ChildError(f"could not send the child's result:\n{text}"), "")
+            )
+        data = _LENGTH.pack(len(data)) + data
+        while data:
+            data = data[os.write(result_fd, data) :]
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed stream has nothing to flush
+                stream.flush()
+    finally:
+        os._exit(0)  # pragma: no cover  (coverage is shut down by os._exit)
+
+
+def _read_result(fd: int, deadline: float) -> bytes | None:
+    """The child's framed result, or None on EOF or at the deadline."""
+    buffer = b""
+    size: int | None = None
+    while size is None or len(buffer) < size:
+        if not select.select([fd], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            return None
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return None
+        buffer += chunk
+        if size is None and len(buffer) >= _LENGTH.size:
+            (size,) = _LENGTH.unpack_from(buffer)
+            buffer = buffer[_LENGTH.size :]
+    return buffer
+
+
+def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T:
+    """Call ``func(*args)`` in a forked child and return its result.
+
+    The result travels back pickled; an exception raised in the child is
+    raised again in the parent, with the child's traceback as its cause.
+    The atfork callbacks run as with any ``os.fork()``.
+
+    :param timeout: seconds the child may take, fork callbacks included.
+    :raises ChildTimeoutError: the child was still running at the deadline;
+        it was killed and its stack is in the error.
+    :raises ChildError: the child died without sending a result.
+
+    The ``DeprecationWarning`` that CPython 3.12+ emits when a process with
+    threads forks is suppressed here: forking with threads alive is what
+    such tests are about. Until the fork returns, :data:`DUMP_SIGNAL` is
+    routed to :mod:`faulthandler` in the parent as well.
+
+    .. versionadded:: 0.1
+    """
+    timeout = _check_timeout(timeout)
+    result_r, result_w = os.pipe()
+    stack_r, stack_w = os.pipe()
+    pid = -1
+    try:
+        # Registered in the parent so that the child inherits it from its
+        # first instruction on, even a child hanging in a fork callback.
+        faulthandler.register(DUMP_SIGNAL, file=stack_w, all_threads=True)
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", _MULTI_THREADED_FORK, DeprecationWarning)
+                pid = os.fork()
+            if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+                os.close(result_r)
+                os.close(stack_r)
+                _child_main(result_w, func, args)
+        finally:
+            if pid:
+                faulthandler.unregister(DUMP_SIGNAL)
+        os.close(result_w)
+        os.close(stack_w)
+        result_w = stack_w = -1
+        deadline = time.monotonic() + timeout
+        data = _read_result(result_r, deadline)
+        status = _wait(pid, deadline)
+        if status is None:
+            stack = _kill(pid, stack_r)
+            raise ChildTimeoutError(
+                f"the child (pid {pid}) was still running after {timeout:g} s and was "
+                f"killed; its stack:",
+                stack,
+            )
+    finally:
+        for fd in (result_r, result_w, stack_r, stack_w):
+            if fd >= 0:
+                os.close(fd)
+    if data is None:
+        raise ChildError(f"the child (pid {pid}) {_describe_status(status)} without a result")
+    payload = pickle.loads(data)  # noqa: S301  (our own child wrote it)
+    if payload[0]:
+        return payload[1]  # type: ignore[no-any-return]
+    exc: BaseException = payload[1]
+    if payload[2]:
+        raise exc from _RemoteTraceback(payload[2])
+    raise exc
+
+
+class PythonRun(NamedTuple):
+    """What :func:`run_python` saw.
+
+    .. versionadded:: 0.1
+    """
+
+    #: The exit code, or None if the interpreter was killed at its deadline.
+    returncode: int | None
+    stdout: str
+    stderr: str
+    #: The stack of every thread at the deadline (the end of ``stderr``),
+    #: if it timed out.
+    stack: str
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode is None
+
+
+_STACK_DUMP = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-f]+", re.MULTILINE)
+_PROLOGUE = "import faulthandler, signal; faulthandler.register(signal.{}, all_threads=True); "
+
+
+def run_python(
+    source: str,
+    *,
+    timeout: float = 30.0,
+    env: Mapping[str, str] | None = None,
+    executable: str | None = None,
+) -> PythonRun:
+    """Run ``source`` in a fresh interpreter with a deadline.
+
+    The first line of ``source`` gets a prologue (on the same line, so line
+    numbers are kept) that lets the interpreter dump its stack: at the
+    deadline it is dumped, and the interpreter killed.
+
+    :param env: variables added to (a copy of) this process's environment.
+        ``PYTHONUNBUFFERED`` is removed unless ``env`` sets it: it makes
+        stdout unbuffered and so hides the stream failures after fork.
+    :param executable: the interpreter; :data:`sys.executable` by default.
+    :returns: a :class:`PythonRun`; a run that timed out does not raise.
+
+    .. versionadded:: 0.1
+    """
+    timeout = _check_timeout(timeout)
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    environ.update(env or {})
+    process = subprocess.Popen(
+        [executable or sys.executable, "-c", _PROLOGUE.format(DUMP_SIGNAL.name) + source],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environ,
+    )
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(DUMP_SIGNAL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.communicate(timeout=1.0)  # a moment to write the stacks
+        process.kill()
+        stdout, stderr = process.communicate()
+        text = stderr.decode("utf-8", "replace")
+        dump = _STACK_DUMP.search(text)
+        stack = text[dump.start() :] if dump else ""
+        return PythonRun(None, stdout.decode("utf-8", "replace"), text, stack)
+    return PythonRun(
+        process.returncode,
+        stdout.decode("utf-8", "replace"),
+        stderr.decode("utf-8", "replace"),
+        "",
+    )

@@ -1,0 +1,131 @@
+"""Fork latency: atfork against os.register_at_fork and a bare fork.
+
+For N no-op hook triples (prepare, parent, child) this measures two figures:
+
+* parent: from the ``os.fork()`` call to its return in the parent;
+* child-ready: from the ``os.fork()`` call to the child having run its
+  callbacks (the child reads the same monotonic clock as soon as
+  ``os.fork()`` returns in it).
+
+Each measurement runs in a fresh interpreter that imports atfork (so that
+every mode copies the same memory at fork, and only the dispatch differs);
+the modes take turns over
+several rounds in shuffled order, and the report gives the median over
+rounds of each run's median, with ratios. It also gives the page faults the
+parent took per fork: every page a process writes after a fork is copied,
+and that, more than the calls themselves, is what fork-time code costs.
+Run ``python benchmarks/fork_latency.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+MODES = ("bare", "register_at_fork", "atfork")
+_STAMP = struct.Struct("!q")
+
+
+def measure(mode: str, hooks: int, forks: int) -> tuple[float, float, float]:
+    """In this interpreter: set up ``mode`` and return the median latencies (ns)."""
+
+    import atfork  # every mode: the same modules loaded, the same memory to copy
+
+    def noop() -> None:
+        pass
+
+    if mode == "register_at_fork":
+        for _ in range(hooks):
+            os.register_at_fork(before=noop, after_in_parent=noop, after_in_child=noop)
+    elif mode == "atfork":
+        # The dispatcher is installed by the first registration; an empty
+        # registry is measured with it installed.
+        atfork.atfork(child=noop).unregister()
+        for _ in range(hooks):
+            atfork.atfork(noop, noop, noop)
+    read, write = os.pipe()
+    clock = time.perf_counter_ns
+    parent_ns, child_ns, faults = [], [], []
+    for _ in range(forks):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = clock()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, _STAMP.pack(clock()))
+            os._exit(0)
+        parent_ns.append(clock() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
+        os.waitpid(pid, 0)
+    return (
+        statistics.median(parent_ns),
+        statistics.median(child_ns),
+        statistics.median(faults),
+    )
+
+
+def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
+    """Measure in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(hooks), str(forks)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return tuple(float(figure) for figure in out.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument("--forks", type=int, default=300, help="forks per run (300)")
+    parser.add_argument("--hooks", type=int, nargs="+", default=[0, 10, 1000])
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        mode, hooks, forks = args.child[0], int(args.child[1]), int(args.child[2])
+        print(*measure(mode, hooks, forks))
+        return 0
+
+    cases = [("bare", 0)] + [(m, n) for n in args.hooks for m in MODES[1:]]
+    results: dict[tuple[str, int], list[tuple[float, ...]]] = {case: [] for case in cases}
+    shuffle = random.Random(0).shuffle
+    for _ in range(args.rounds):
+        order = list(cases)
+        shuffle(order)  # no mode always runs right after another
+        for case in order:
+            results[case].append(run(case[0], case[1], args.forks))
+
+    def median(case: tuple[str, int], figure: int) -> float:
+        return statistics.median(r[figure] for r in results[case])
+
+    print(
+        f"CPython {sys.version.split()[0]}, {args.rounds} rounds x {args.forks} forks, "
+        "median of per-run medians (us)"
+    )
+    print(f"{'mode':<18}{'hooks':>6}{'parent':>10}{'child-ready':>13}{'faults':>8}")
+    for case in cases:
+        print(
+            f"{case[0]:<18}{case[1]:>6}{median(case, 0) / 1e3:>10.1f}"
+            f"{median(case, 1) / 1e3:>13.1f}{median(case, 2):>8.0f}"
+        )
+    print("\nratios (parent, child-ready)")
+    for n in args.hooks:
+        for figure_name, base in (
+            ("os.register_at_fork", ("register_at_fork", n)),
+            ("bare fork", ("bare", 0)),
+        ):
+            ratios = [median(("atfork", n), f) / median(base, f) for f in (0, 1)]
+            print(f"  atfork / {figure_name:<20} N={n:<5} {ratios[0]:.3f}  {ratios[1]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Shared fixtures: every test leaves the registry as it found it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Generator, Iterator
+from typing import Any
+
+import pytest
+
+from atfork._registry import registry
+
+
+@pytest.fixture(autouse=True)
+def _clean_registry() -> Iterator[None]:
+    """Unregister whatever a test left registered, so tests stay independent."""
+    before = set(registry.hooks())
+    yield
+    for hook in registry.hooks():
+        if hook not in before:
+            hook.unregister()
+
+
+@pytest.fixture
+def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The arguments of every ``sys.unraisablehook`` call during the test."""
+    seen: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", seen.append)
+    return seen
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, Any, None]:
+    """With ATFORK_NO_SKIP=1 (set by CI) a skipped test fails: a missing
+    service or optional library must not pass unnoticed."""
+    outcome = yield
+    report = outcome.get_result()
+    strict = os.environ.get("ATFORK_NO_SKIP") == "1"
+    if strict and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
+        report.longrepr = f"skipped, and ATFORK_NO_SKIP=1 forbids skips: {reason}"

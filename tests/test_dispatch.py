@@ -1,0 +1,448 @@
+"""Fork-time behaviour: errors, re-entrancy, threads, stdlib order (atfork._dispatch)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import textwrap
+import threading
+from typing import Any
+
+import pytest
+
+import atfork
+from atfork.testing import run_in_child, run_python, wait_child
+
+
+def describe(args: Any) -> tuple[str, str, Any]:
+    return (args.exc_type.__name__, args.err_msg, args.object)
+
+
+# -- errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("error", [ValueError, KeyboardInterrupt, SystemExit])
+def test_child_error_is_reported_and_the_rest_still_run(error: type[BaseException]) -> None:
+    """An exception (BaseException included) from a child callback is reported; later ones run."""
+    calls: list[str] = []
+
+    def boom() -> None:
+        raise error("boom")
+
+    bad = atfork.atfork(child=boom, name="bad")
+    atfork.atfork(child=lambda: calls.append("after"))
+
+    def in_child() -> tuple[list[Any], list[str]]:
+        return [(*describe(a)[:2], repr(a.object)) for a in seen], list(calls)
+
+    seen: list[Any] = []
+    previous, sys.unraisablehook = sys.unraisablehook, seen.append
+    try:
+        reports, child_calls = run_in_child(in_child)
+    finally:
+        sys.unraisablehook = previous
+    assert [(error.__name__, "Exception ignored in atfork child callback", repr(bad))] == reports
+    assert ["after"] == child_calls
+
+
+def test_prepare_error_skips_that_hooks_parent_and_child(unraisable: list[Any]) -> None:
+    """A failed prepare is reported; that hook gets no parent/child call, the others do."""
+    calls: list[str] = []
+
+    def boom() -> None:
+        raise RuntimeError("no")
+
+    bad = atfork.atfork(
+        prepare=boom,
+        parent=lambda: calls.append("bad parent"),
+        child=lambda: calls.append("bad child"),
+        name="bad",
+    )
+    atfork.atfork(
+        prepare=lambda: calls.append("good prepare"),
+        parent=lambda: calls.append("good parent"),
+        child=lambda: calls.append("good child"),
+    )
+    child_calls = run_in_child(lambda: list(calls))
+    assert ["good prepare", "good child"] == child_calls
+    assert ["good prepare", "good parent"] == calls
+    assert [("RuntimeError", "Exception ignored in atfork prepare callback", bad)] == [
+        describe(a) for a in unraisable
+    ]
+
+
+def test_prepare_error_affects_one_fork_only(unraisable: list[Any]) -> None:
+    """A hook whose prepare failed once gets all its calls on the next fork."""
+    calls: list[str] = []
+    fail = [True]
+
+    def prepare() -> None:
+        if fail.pop():
+            raise RuntimeError("first fork only")
+        calls.append("prepare")
+
+    atfork.atfork(prepare=prepare, parent=lambda: calls.append("parent"))
+    run_in_child(lambda: None)
+    assert [] == calls
+    fail.append(False)
+    run_in_child(lambda: None)
+    assert ["prepare", "parent"] == calls
+    assert 1 == len(unraisable)
+
+
+def test_parent_error_is_reported_with_its_phase(unraisable: list[Any]) -> None:
+    """A parent callback's exception names the parent phase and the hook."""
+
+    def boom() -> None:
+        raise ValueError("x")
+
+    hook = atfork.atfork(parent=boom, name="p")
+    run_in_child(lambda: None)
+    assert [("ValueError", "Exception ignored in atfork parent callback", hook)] == [
+        describe(a) for a in unraisable
+    ]
+
+
+def test_default_report_names_hook_and_phase() -> None:
+    """With the default sys.unraisablehook, stderr names the hook, the phase and the error."""
+    result = run_python(
+        textwrap.dedent("""
+        import os, atfork
+        from atfork.testing import run_in_child
+        def explode():
+            raise ZeroDivisionError("in the child")
+        atfork.atfork(child=explode, name="my-hook")
+        run_in_child(lambda: None)
+    """)
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "Exception ignored in atfork child callback: <atfork.Hook 'my-hook'" in result.stderr
+    assert "ZeroDivisionError: in the child" in result.stderr
+
+
+def test_broken_unraisablehook_does_not_break_the_fork(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sys.unraisablehook that raises itself does not stop the other callbacks."""
+    calls: list[str] = []
+
+    def broken_hook(args: Any) -> None:
+        raise RuntimeError("broken hook")
+
+    def boom() -> None:
+        raise ValueError
+
+    monkeypatch.setattr(sys, "unraisablehook", broken_hook)
+    atfork.atfork(prepare=boom)
+    atfork.atfork(parent=lambda: calls.append("parent"), child=lambda: calls.append("child"))
+    assert ["child"] == run_in_child(lambda: list(calls))
+    assert ["parent"] == calls
+
+
+def test_nothing_is_logged_through_logging(unraisable: list[Any]) -> None:
+    """The fork machinery reports failures without going through logging."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Keep(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    old_level = root.level
+    root.setLevel(logging.DEBUG)
+    try:
+        atfork.atfork(prepare=lambda: 1 / 0, parent=lambda: None)
+        run_in_child(lambda: None)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+    assert 1 == len(unraisable)
+    assert [] == records
+
+
+# -- re-entrancy -------------------------------------------------------------
+
+
+def test_callbacks_may_register_and_unregister(unraisable: list[Any]) -> None:
+    """Callbacks of every phase register and unregister hooks without deadlock."""
+    made: list[atfork.Hook] = []
+
+    def churn() -> None:
+        hook = atfork.atfork(child=lambda: None)
+        made.append(hook)
+        hook.unregister()
+        made.append(atfork.atfork(parent=lambda: None))
+
+    atfork.atfork(prepare=churn, parent=churn, child=churn)
+    assert 4 == run_in_child(lambda: len(made))  # two by prepare, two by child
+    assert 4 == len(made)  # two by prepare, two by parent
+    assert [False, True, False, True] == [h.active for h in made]
+    assert [] == unraisable
+
+
+def test_fork_inside_prepare_does_not_recurse() -> None:
+    """A fork started from a prepare callback runs no atfork callbacks at all."""
+    calls: list[str] = []
+    inner_child_calls: list[list[str]] = []
+
+    def prepare() -> None:
+        calls.append("prepare")
+        if len(calls) == 1:
+            read, write = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
+                os.write(write, repr(calls).encode())
+                os._exit(0)
+            os.close(write)
+            inner_child_calls.append(eval(os.read(read, 1000)))
+            os.close(read)
+            assert 0 == wait_child(pid, timeout=10)
+
+    atfork.atfork(
+        prepare=prepare, parent=lambda: calls.append("parent"), child=lambda: calls.append("child")
+    )
+    child_calls = run_in_child(lambda: list(calls))
+    assert [["prepare"]] == inner_child_calls
+    assert ["prepare", "child"] == child_calls
+    assert ["prepare", "parent"] == calls
+
+
+def test_fork_inside_child_callback_is_a_full_cycle() -> None:
+    """A fork started from a child callback gives the grandchild a full cycle."""
+    calls: list[str] = []
+    grandchild: list[list[str]] = []
+    forked: list[bool] = []
+
+    def child() -> None:
+        calls.append("child")
+        if not forked:
+            forked.append(True)
+            grandchild.append(run_in_child(lambda: list(calls)))
+
+    atfork.atfork(
+        prepare=lambda: calls.append("prepare"), parent=lambda: calls.append("parent"), child=child
+    )
+    in_child = run_in_child(lambda: (list(calls), grandchild[0]))
+    # child: prepare, child (forks: prepare, parent in the child), grandchild: ... child
+    assert ["prepare", "child", "prepare", "parent"] == in_child[0]
+    assert ["prepare", "child", "prepare", "child"] == in_child[1]
+    assert ["prepare", "parent"] == calls
+
+
+def test_fork_inside_parent_callback_is_a_full_cycle() -> None:
+    """A fork started from a parent callback is an ordinary fork."""
+    calls: list[str] = []
+    grandchild: list[list[str]] = []
+    forked: list[bool] = []
+
+    def parent() -> None:
+        calls.append("parent")
+        if not forked:
+            forked.append(True)
+            grandchild.append(run_in_child(lambda: list(calls)))
+
+    atfork.atfork(
+        prepare=lambda: calls.append("prepare"), parent=parent, child=lambda: calls.append("child")
+    )
+    run_in_child(lambda: None)
+    assert ["prepare", "parent", "prepare", "child"] == grandchild[0]
+    assert ["prepare", "parent", "prepare", "parent"] == calls
+
+
+# -- threads -----------------------------------------------------------------
+
+
+def test_registration_does_not_wait_for_a_fork_in_progress() -> None:
+    """A prepare callback may wait for another thread that registers a hook."""
+    registered = threading.Event()
+    made: list[atfork.Hook] = []
+
+    def register() -> None:
+        made.append(atfork.atfork(child=lambda: None))
+        registered.set()
+
+    def prepare() -> None:
+        thread = threading.Thread(target=register)
+        thread.start()
+        assert registered.wait(10), "registration waited for the fork"
+        thread.join()
+
+    atfork.atfork(prepare=prepare)
+    run_in_child(lambda: None, timeout=20)
+    assert made[0].active
+
+
+def test_two_threads_forking_at_once_keep_prepare_with_parent_and_child() -> None:
+    """Concurrent forks, with registrations changing meanwhile, pair every parent/child
+    call with a prepare of the same fork and thread, and every prepare with one of them."""
+    local = threading.local()
+    violations: list[str] = []
+    stop = threading.Event()
+
+    def register(tag: int) -> atfork.Hook:
+        def prepare() -> None:
+            local.state[tag] = "prepared"
+
+        def after(phase: str) -> None:
+            if local.state.get(tag) != "prepared":
+                violations.append(f"{phase} of hook {tag} without its prepare")
+            local.state[tag] = "done"
+
+        return atfork.atfork(
+            prepare=prepare, parent=lambda: after("parent"), child=lambda: after("child")
+        )
+
+    def check_all_done() -> None:
+        undone = [tag for tag, state in local.state.items() if state != "done"]
+        if undone:
+            violations.append(f"prepare without parent/child for hooks {undone}")
+
+    def check_in_child() -> list[str]:
+        check_all_done()
+        return violations
+
+    def fork_once() -> list[str]:
+        local.state = {}
+        child_violations = run_in_child(check_in_child)
+        check_all_done()
+        return child_violations
+
+    for tag in range(5):
+        register(tag)
+    errors: list[BaseException] = []
+
+    def forker() -> None:
+        try:
+            for _ in range(40):
+                assert [] == fork_once()
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    def churner() -> None:
+        tag = 100
+        while not stop.is_set():
+            hook = register(tag)
+            if tag >= 120:  # twenty stay registered, the rest come and go
+                hook.unregister()
+            tag += 1
+
+    threads = [threading.Thread(target=forker) for _ in range(2)]
+    churn = threading.Thread(target=churner)
+    churn.start()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    stop.set()
+    churn.join(10)
+    assert [] == errors
+    assert [] == violations
+
+
+# -- the standard library first ---------------------------------------------
+
+STDLIB_ORDER = """
+import os, sys, threading, time
+
+def child_logs():
+    logging.getLogger("scenario").warning("logged by the child hook")
+
+if MODE == "atfork":
+    import atfork
+    atfork.atfork(child=child_logs)
+else:
+    os.register_at_fork(after_in_child=child_logs)
+
+import logging  # the program imports logging after registering its hook
+
+emitting = threading.Event()
+
+class Slow(logging.Handler):
+    def emit(self, record):
+        if threading.current_thread() is threading.main_thread():
+            sys.stdout.write("child: " + record.getMessage() + "\\n")
+            sys.stdout.flush()
+        else:
+            emitting.set()
+            time.sleep(60)  # holds the handler lock, mid-emit, across the fork
+
+logging.getLogger("scenario").addHandler(Slow())
+threading.Thread(target=logging.getLogger("scenario").warning, args=("slow",), daemon=True).start()
+emitting.wait()
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+deadline = time.monotonic() + DEADLINE
+while time.monotonic() < deadline:
+    if os.waitpid(pid, os.WNOHANG)[0]:
+        print("child finished")
+        break
+    time.sleep(0.01)
+else:
+    os.kill(pid, 9)
+    print("child hung")
+sys.stdout.flush()
+os._exit(0)  # the slow handler still holds its lock: logging.shutdown would wait
+"""
+
+
+def stdlib_order(mode: str, deadline: float) -> str:
+    source = f"MODE = {mode!r}; DEADLINE = {deadline}\n" + STDLIB_ORDER
+    result = run_python(source, timeout=deadline + 30)
+    assert 0 == result.returncode, result.stderr
+    return result.stdout
+
+
+def test_child_hook_before_logging_import_hangs_with_register_at_fork() -> None:
+    """Without atfork, a child hook registered before `import logging` hangs on a handler lock."""
+    assert "child hung" in stdlib_order("plain", deadline=3)
+
+
+def test_child_hook_runs_after_stdlib_reinit_whatever_the_import_order() -> None:
+    """With atfork, the same child hook logs at once: it runs after logging's reinit."""
+    out = stdlib_order("atfork", deadline=30)
+    assert "child: logged by the child hook\nchild finished\n" == out
+
+
+PREPARE_BEFORE_LOGGING_LOCK = """
+import logging, threading, atfork
+from atfork.testing import run_in_child
+
+def prepare():
+    # logging takes its module lock in its own prepare; ours runs first, so a
+    # thread may still need that lock to finish what this callback waits on.
+    thread = threading.Thread(target=logging.getLogger, args=("from-thread",))
+    thread.start()
+    thread.join(5)
+    print("alive" if thread.is_alive() else "joined", flush=True)
+
+atfork.atfork(prepare=prepare)
+run_in_child(lambda: None)
+"""
+
+
+def test_prepare_runs_before_logging_takes_its_lock() -> None:
+    """Every prepare callback runs before logging's own prepare takes the module lock."""
+    result = run_python(PREPARE_BEFORE_LOGGING_LOCK, timeout=60)
+    assert (0, "joined\n") == (result.returncode, result.stdout), result.stderr
+
+
+# -- platforms without fork -------------------------------------------------
+
+NO_FORK = """
+import os
+del os.fork, os.register_at_fork
+import atfork
+hook = atfork.atfork(prepare=print, child=print)
+with atfork.atfork(parent=print) as other:
+    pass
+print(hook.active, other.active, hasattr(os, "fork"))
+"""
+
+
+def test_without_fork_registration_works_and_does_nothing() -> None:
+    """Where os.fork is missing, importing and registering work and install nothing."""
+    result = run_python(NO_FORK, timeout=60)
+    assert (0, "True False False\n") == (result.returncode, result.stdout), result.stderr

@@ -1,0 +1,344 @@
+"""Registration, handles, order, weak hooks and snapshots (atfork._registry)."""
+
+from __future__ import annotations
+
+import gc
+import threading
+from typing import Callable
+
+import pytest
+
+import atfork
+from atfork._registry import registry
+from atfork.testing import run_in_child
+
+
+def noop() -> None:
+    pass
+
+
+class Log:
+    """Records ``(tag, phase)`` for each callback, in the order they ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def hook(
+        self, tag: str, *, priority: int = 0, phases: str = "prepare parent child"
+    ) -> atfork.Hook:
+        made = {p: self._recorder(tag, p) for p in phases.split()}
+        return atfork.atfork(
+            made.get("prepare"), made.get("parent"), made.get("child"), priority=priority, name=tag
+        )
+
+    def _recorder(self, tag: str, phase: str) -> Callable[[], None]:
+        return lambda: self.calls.append((tag, phase))
+
+    def phase(self, phase: str) -> list[str]:
+        return [tag for tag, p in self.calls if p == phase]
+
+
+def fork_and_collect(log: Log) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Fork once; return the parent's and the child's calls of that fork."""
+    del log.calls[:]
+    child_calls = run_in_child(lambda: list(log.calls))
+    return list(log.calls), child_calls
+
+
+# -- validation --------------------------------------------------------------
+
+
+def test_no_callback_is_a_type_error() -> None:
+    """Registering no callback at all raises TypeError at once."""
+    with pytest.raises(TypeError, match="at least one"):
+        atfork.atfork()
+
+
+@pytest.mark.parametrize("phase", ["prepare", "parent", "child"])
+def test_non_callable_is_a_type_error(phase: str) -> None:
+    """A non-callable callback raises TypeError naming the phase, at registration."""
+    with pytest.raises(TypeError, match=f"{phase} must be callable, not int"):
+        atfork.atfork(**{phase: 42})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("priority", [1.5, "1", None, True])
+def test_priority_must_be_an_int(priority: object) -> None:
+    """A priority that is not an int raises TypeError."""
+    with pytest.raises(TypeError, match="priority must be an int"):
+        atfork.atfork(child=noop, priority=priority)  # type: ignore[arg-type]
+
+
+def test_name_must_be_a_str() -> None:
+    """A name that is not a str raises TypeError."""
+    with pytest.raises(TypeError, match="name must be a str"):
+        atfork.atfork(child=noop, name=3)  # type: ignore[arg-type]
+
+
+class NoWeakRefs:
+    __slots__ = ()
+
+    def __call__(self) -> None:
+        pass
+
+
+def test_weak_needs_weakly_referenceable_callbacks() -> None:
+    """weak=True with a callable that has no weak references raises TypeError."""
+    with pytest.raises(TypeError, match="weak references"):
+        atfork.atfork(child=NoWeakRefs(), weak=True)
+
+
+def test_failed_registration_registers_nothing() -> None:
+    """A registration that raised leaves no hook behind."""
+    log = Log()
+    with pytest.raises(TypeError):
+        atfork.atfork(child=lambda: log.calls.append(("x", "child")), parent=1)  # type: ignore[arg-type]
+    assert [] == fork_and_collect(log)[1]
+
+
+def test_hooks_cannot_be_made_directly() -> None:
+    """Hook objects come from atfork.atfork() only."""
+    with pytest.raises(TypeError, match=r"atfork\.atfork"):
+        atfork.Hook()
+
+
+# -- the handle --------------------------------------------------------------
+
+
+def test_unregister_is_idempotent_and_stops_calls() -> None:
+    """After unregister() (called twice) the hook is inactive and never called."""
+    log = Log()
+    hook = log.hook("a")
+    assert hook.active
+    hook.unregister()
+    hook.unregister()
+    assert not hook.active
+    assert ([], []) == fork_and_collect(log)
+
+
+def test_hook_is_a_context_manager() -> None:
+    """A hook used in a with block is called inside it and unregistered after."""
+    log = Log()
+    with log.hook("a") as hook:
+        assert hook.active
+        parent, child = fork_and_collect(log)
+        assert [("a", "prepare"), ("a", "parent")] == parent
+        assert [("a", "prepare"), ("a", "child")] == child
+    assert not hook.active
+    assert ([], []) == fork_and_collect(log)
+
+
+def test_name_priority_and_repr() -> None:
+    """The handle shows its name, priority and state; the default name is the callback's."""
+    hook = atfork.atfork(child=noop, priority=3)
+    assert f"{__name__}.noop" == hook.name
+    assert 3 == hook.priority
+    assert f"<atfork.Hook '{__name__}.noop' priority=3 active>" == repr(hook)
+    hook.unregister()
+    assert repr(hook).endswith("inactive>")
+
+
+def test_same_callable_twice_is_two_registrations() -> None:
+    """Registering one function twice calls it twice; each handle ends its own."""
+    calls: list[int] = []
+
+    def child() -> None:
+        calls.append(1)
+
+    first = atfork.atfork(child=child)
+    atfork.atfork(child=child)
+    assert 2 == run_in_child(lambda: len(calls))
+    first.unregister()
+    assert 1 == run_in_child(lambda: len(calls))
+
+
+# -- order -------------------------------------------------------------------
+
+
+def test_posix_order_for_equal_priorities() -> None:
+    """prepare runs last-registered-first; parent and child first-registered-first."""
+    log = Log()
+    for tag in "abc":
+        log.hook(tag)
+    parent, child = fork_and_collect(log)
+    assert ["c", "b", "a"] == [t for t, p in parent if p == "prepare"]
+    assert ["a", "b", "c"] == [t for t, p in parent if p == "parent"]
+    assert ["a", "b", "c"] == [t for t, p in child if p == "child"]
+
+
+def test_priority_runs_earlier_after_fork_and_later_before() -> None:
+    """A higher priority runs earlier in parent/child and later in prepare."""
+    log = Log()
+    log.hook("low", priority=-5)
+    log.hook("mid")
+    log.hook("high", priority=10)
+    log.hook("mid2")
+    parent, child = fork_and_collect(log)
+    expected = ["high", "mid", "mid2", "low"]
+    assert expected == [t for t, p in parent if p == "parent"]
+    assert expected == [t for t, p in child if p == "child"]
+    assert expected[::-1] == [t for t, p in parent if p == "prepare"]
+
+
+def test_prepare_order_is_the_reverse_of_child_order_with_partial_hooks() -> None:
+    """Hooks that lack some phases keep one consistent order across phases."""
+    log = Log()
+    log.hook("a", phases="child")
+    log.hook("b", phases="prepare parent child", priority=1)
+    log.hook("c", phases="prepare child")
+    log.hook("d", phases="prepare parent", priority=1)
+    parent, child = fork_and_collect(log)
+    assert ["c", "d", "b"] == [t for t, p in parent if p == "prepare"]
+    assert ["b", "d"] == [t for t, p in parent if p == "parent"]
+    assert ["b", "a", "c"] == [t for t, p in child if p == "child"]
+
+
+# -- weak hooks --------------------------------------------------------------
+
+
+class Owner:
+    def __init__(self, calls: list[str]) -> None:
+        self.calls = calls
+
+    def child(self) -> None:
+        self.calls.append("child")
+
+    def prepare(self) -> None:
+        self.calls.append("prepare")
+
+
+def test_weak_bound_method_lives_while_its_owner_does() -> None:
+    """A weak hook on a bound method runs while the owner lives (WeakMethod)."""
+    calls: list[str] = []
+    owner = Owner(calls)
+    hook = atfork.atfork(child=owner.child, weak=True)
+    assert hook.active
+    assert ["child"] == run_in_child(lambda: list(calls))
+    del owner
+
+
+def test_weak_hook_ends_when_its_owner_dies() -> None:
+    """When the owner is collected the hook turns inactive and is never called."""
+    calls: list[str] = []
+    owner = Owner(calls)
+    hook = atfork.atfork(prepare=owner.prepare, child=owner.child, weak=True)
+    del owner
+    gc.collect()
+    assert not hook.active
+    assert [] == run_in_child(lambda: list(calls))
+    assert [] == calls
+
+
+def test_weak_function_ends_when_collected() -> None:
+    """A weak hook on a plain function ends when the function is collected."""
+    calls: list[str] = []
+
+    def make() -> Callable[[], None]:
+        return lambda: calls.append("child")
+
+    func = make()
+    hook = atfork.atfork(child=func, weak=True)
+    assert ["child"] == run_in_child(lambda: list(calls))
+    del func
+    gc.collect()
+    assert not hook.active
+    assert [] == run_in_child(lambda: list(calls))
+
+
+def test_weak_hook_ends_when_any_referent_dies() -> None:
+    """A weak hook with two owners ends when one dies; the other's callback is not called."""
+    calls: list[str] = []
+    keep, lose = Owner(calls), Owner(calls)
+    hook = atfork.atfork(prepare=keep.prepare, child=lose.child, weak=True)
+    # Build the snapshot while both live, so the stale snapshot is what runs.
+    run_in_child(noop)
+    del calls[:]
+    del lose
+    gc.collect()
+    assert not hook.active
+    assert [] == run_in_child(lambda: list(calls))
+    assert [] == calls
+    del keep
+
+
+def test_weak_builtin_method_follows_its_object() -> None:
+    """A weak hook on a built-in type's method lives as long as its object."""
+    locks = [threading.Lock()]
+    locks[0].acquire()
+    hook = atfork.atfork(child=locks[0].release, weak=True)
+    assert hook.active
+    assert run_in_child(lambda: not locks[0].locked())
+    del locks[0]
+    gc.collect()
+    assert not hook.active
+
+
+def test_strong_is_the_default() -> None:
+    """A closure registered without weak=True keeps working after its maker is gone."""
+    calls: list[str] = []
+
+    def register() -> None:
+        atfork.atfork(child=lambda: calls.append("child"))
+
+    register()
+    gc.collect()
+    assert ["child"] == run_in_child(lambda: list(calls))
+
+
+# -- snapshots ---------------------------------------------------------------
+
+
+def test_registration_during_prepare_waits_for_the_next_fork() -> None:
+    """A hook registered by a prepare callback gets no calls of that fork, all of the next."""
+    log = Log()
+    late: list[atfork.Hook] = []
+
+    def register_late() -> None:
+        if not late:
+            late.append(log.hook("late"))
+
+    atfork.atfork(prepare=register_late)
+    parent, child = fork_and_collect(log)
+    assert ([], []) == (parent, child)
+    parent, child = fork_and_collect(log)
+    assert [("late", "prepare"), ("late", "parent")] == parent
+    assert [("late", "prepare"), ("late", "child")] == child
+
+
+def test_unregistered_during_prepare_still_gets_parent_and_child() -> None:
+    """A hook whose prepare ran is called after the fork even if unregistered meanwhile."""
+    log = Log()
+    victim = log.hook("victim")
+    atfork.atfork(prepare=victim.unregister, priority=1)  # its prepare runs after victim's
+    parent, child = fork_and_collect(log)
+    assert not victim.active
+    assert [("victim", "prepare"), ("victim", "parent")] == parent
+    assert [("victim", "prepare"), ("victim", "child")] == child
+    assert ([], []) == fork_and_collect(log)
+
+
+def test_unregistered_before_its_prepare_runs_is_still_called() -> None:
+    """The set a fork runs is fixed when its prepare phase starts."""
+    log = Log()
+    victim = log.hook("victim", priority=1)  # its prepare runs after the unregistering one
+    atfork.atfork(prepare=victim.unregister)
+    parent, child = fork_and_collect(log)
+    assert [("victim", "prepare"), ("victim", "parent")] == parent
+    assert [("victim", "prepare"), ("victim", "child")] == child
+
+
+def test_child_can_register_and_fork_at_once() -> None:
+    """In the child a registration works immediately and applies to the child's own forks."""
+
+    def in_child() -> list[str]:
+        calls: list[str] = []
+        atfork.atfork(child=lambda: calls.append("grandchild"))
+        return run_in_child(lambda: list(calls))
+
+    assert ["grandchild"] == run_in_child(in_child)
+
+
+def test_parent_registry_unchanged_by_child_registrations() -> None:
+    """What a child registers does not appear in the parent."""
+    before = registry.hooks()
+    assert run_in_child(lambda: atfork.atfork(child=noop).active)
+    assert before == registry.hooks()
