@@ -24,6 +24,7 @@ import threading  # noqa: F401  (imported for its at-fork hook, see above)
 import weakref
 from _thread import get_ident
 from operator import length_hint
+from os import getpid
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -122,6 +123,7 @@ def _after_in_child() -> None:
     assert _registry is not None
     # A thread of the parent may have been half way through a change.
     _registry.snapshot = None
+    _registry.pid = getpid()  # for check(): the callbacks ran in this process
     if _forks:
         fork = _forks.pop(get_ident(), None)
         if _forks:  # forks of other threads, cut short: those threads are not here
@@ -164,6 +166,82 @@ def _resume(
         return failed
 
 
+def check() -> bool:
+    """Run the ``child`` callbacks if this process was forked without
+    Python's fork hooks, and return whether it ran them.
+
+    A C extension that calls ``fork()`` itself, or uWSGI without its Python
+    fork-hook options, makes a child in which no atfork callback ran. Call
+    this early in such a child (uWSGI's ``postfork`` hook, say): it runs the
+    ``child`` callbacks if the process id changed since they last ran, and
+    does nothing otherwise, so callbacks never run twice in one process
+    (when two threads call it at once, one runs them and the other returns
+    False at once). ``prepare`` and ``parent`` callbacks cannot run for such
+    a fork. Errors are reported as for any fork.
+
+    .. versionadded:: 0.1
+    """
+    assert _registry is not None
+    pid = getpid()
+    if _registry.pid == pid or _checked.setdefault(pid, get_ident()) != get_ident():
+        return False
+    _registry.pid = pid
+    _registry.snapshot = None
+    _forks.clear()
+    snapshot = _registry.rebuild()
+    calls = iter(snapshot.child)
+    try:
+        for call in calls:
+            call()
+    except BaseException:  # noqa: BLE001  (reported like a fork's errors)
+        _resume(snapshot.child, snapshot.child_hooks, "child", calls)
+    return True
+
+
+# The process ids in which check() ran the child callbacks, to the thread
+# that claimed the run (dict.setdefault is atomic).
+_checked: dict[int, int] = {}
+
+# Where fork_origin() finds the function that started a fork.
+_ORIGINS = (
+    (("multiprocessing", "popen_fork.py"), "multiprocessing"),
+    (("billiard", "popen_fork.py"), "multiprocessing"),
+    (("subprocess.py",), "subprocess"),
+)
+
+
+def fork_origin() -> str | None:
+    """How the fork whose callback is running started.
+
+    Called from an atfork callback, returns ``"subprocess"`` for a child of
+    ``subprocess`` with ``preexec_fn`` (it is about to exec another program,
+    so there is little point in repairing it), ``"multiprocessing"`` for
+    multiprocessing's (or billiard's) ``fork`` start method, ``"check"``
+    when :func:`check` runs the callbacks, and ``"os.fork"`` for any other
+    fork (``os.fork()``, ``os.forkpty()``, ``pty.fork()``). Outside a
+    callback it returns None. It reads the call stack, so it costs nothing
+    unless called.
+
+    .. versionadded:: 0.1
+    """
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code not in _DISPATCHERS:
+        frame = frame.f_back  # type: ignore[assignment]
+    if frame is None:
+        return None
+    if frame.f_code is check.__code__:
+        return "check"
+    caller = frame.f_back
+    path = caller.f_code.co_filename.replace(os.sep, "/") if caller is not None else ""
+    for parts, origin in _ORIGINS:
+        if path.endswith("/" + "/".join(parts)):
+            return origin
+    return "os.fork"
+
+
+_DISPATCHERS = frozenset(f.__code__ for f in (_before, _after_in_parent, _after_in_child, check))
+
+
 def install(registry: _Registry) -> None:
     """Register the dispatcher with ``os.register_at_fork``; called once, when
     atfork is imported (the import lock serialises it, and no thread can hold
@@ -175,6 +253,7 @@ def install(registry: _Registry) -> None:
     global _registry
     assert _registry is None, "installed twice"
     _registry = registry
+    registry.pid = getpid()
     if hasattr(os, "register_at_fork"):
         os.register_at_fork(
             before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child

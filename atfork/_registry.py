@@ -85,6 +85,9 @@ class _Registry:
         self._version = 0
         #: The current snapshot, or None once a change made it stale.
         self.snapshot: Snapshot | None = None
+        #: The process in which the child callbacks last ran (or atfork was
+        #: imported); see ``_dispatch.check()``.
+        self.pid = 0
 
     def add(self, hook: Hook) -> None:
         hook._key = next(self._keys)

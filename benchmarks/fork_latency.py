@@ -84,8 +84,8 @@ def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
-    parser.add_argument("--forks", type=int, default=300, help="forks per run (300)")
+    parser.add_argument("--rounds", type=int, default=15, help="shuffled rounds (15)")
+    parser.add_argument("--forks", type=int, default=100, help="forks per run (100)")
     parser.add_argument("--hooks", type=int, nargs="+", default=[0, 10, 1000])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

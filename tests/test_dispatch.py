@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
+import subprocess
 import sys
 import textwrap
 import threading
@@ -432,7 +434,9 @@ def test_prepare_runs_before_logging_takes_its_lock() -> None:
 # -- platforms without fork -------------------------------------------------
 
 NO_FORK = """
+import ctypes
 import os
+import subprocess
 del os.fork, os.register_at_fork
 import atfork
 hook = atfork.atfork(prepare=print, child=print)
@@ -446,3 +450,111 @@ def test_without_fork_registration_works_and_does_nothing() -> None:
     """Where os.fork is missing, importing and registering work and install nothing."""
     result = run_python(NO_FORK, timeout=60)
     assert (0, "True False False\n") == (result.returncode, result.stdout), result.stderr
+
+
+# -- forks that bypass Python's hooks: check() --------------------------------
+
+
+def raw_fork() -> int:
+    """fork() called the way a C extension would: no Python fork hooks run.
+    PyDLL keeps the GIL held across the call, so the child has it."""
+    return int(ctypes.PyDLL(None).fork())
+
+
+def test_check_runs_child_callbacks_after_a_raw_fork() -> None:
+    """After a fork that bypassed the hooks, check() runs the child callbacks once."""
+    calls: list[str] = []
+    atfork.atfork(prepare=lambda: calls.append("prepare"), child=lambda: calls.append("child"))
+
+    def in_child() -> list[object]:
+        read, write = os.pipe()
+        pid = raw_fork()
+        if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
+            seen = [list(calls), atfork.check(), list(calls), atfork.check(), list(calls)]
+            os.write(write, repr(seen).encode())
+            os._exit(0)
+        os.close(write)
+        assert 0 == wait_child(pid, timeout=30)
+        return list(eval(os.read(read, 10000)))
+
+    before, ran, after, again, last = run_in_child(in_child)
+    # calls holds what ran in the outer child: prepare, child.
+    assert (["prepare", "child"], True, ["prepare", "child", "child"]) == (before, ran, after)
+    assert (False, after) == (again, last)
+
+
+def test_check_after_os_fork_does_nothing() -> None:
+    """In a child of os.fork() the callbacks ran already: check() returns False."""
+    calls: list[str] = []
+    atfork.atfork(child=lambda: calls.append("child"))
+    assert (False, ["child"]) == run_in_child(lambda: (atfork.check(), list(calls)))
+    assert not atfork.check()
+
+
+# -- fork_origin() ------------------------------------------------------------
+
+
+def test_fork_origin_outside_a_fork_is_none() -> None:
+    """Outside a fork callback there is no origin."""
+    assert atfork.fork_origin() is None
+
+
+def test_fork_origin_of_os_fork() -> None:
+    """Callbacks of an os.fork() learn it was one, in prepare, parent and child."""
+    seen: list[str | None] = []
+    atfork.atfork(
+        prepare=lambda: seen.append(atfork.fork_origin()),
+        parent=lambda: seen.append(atfork.fork_origin()),
+        child=lambda: seen.append(atfork.fork_origin()),
+    )
+    assert ["os.fork", "os.fork"] == run_in_child(lambda: list(seen))
+    assert ["os.fork", "os.fork"] == seen
+
+
+def exit_with_origin(origin: list[str | None]) -> None:
+    sys.exit(0 if origin == ["multiprocessing"] else 3)
+
+
+def test_fork_origin_of_multiprocessing() -> None:
+    """A child callback of multiprocessing's fork start method learns it."""
+    import multiprocessing
+
+    seen: list[str | None] = []
+    atfork.atfork(child=lambda: seen.append(atfork.fork_origin()))
+    process = multiprocessing.get_context("fork").Process(target=exit_with_origin, args=(seen,))
+    process.start()
+    process.join(30)
+    assert 0 == process.exitcode
+
+
+def test_fork_origin_of_subprocess_with_preexec_fn(tmp_path: Any) -> None:
+    """A child callback of subprocess with preexec_fn learns the child will exec."""
+    marker = tmp_path / "origin"
+
+    def child() -> None:
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT, 0o600)
+        os.write(fd, str(atfork.fork_origin()).encode())
+        os.close(fd)
+
+    atfork.atfork(child=child)
+    subprocess.run(["true"], preexec_fn=lambda: None, check=True, timeout=30)
+    assert "subprocess" == marker.read_text()
+
+
+def test_fork_origin_of_check() -> None:
+    """Callbacks run by check() learn it."""
+    seen: list[str | None] = []
+    atfork.atfork(child=lambda: seen.append(atfork.fork_origin()))
+
+    def in_child() -> list[str | None]:
+        read, write = os.pipe()
+        pid = raw_fork()
+        if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
+            atfork.check()
+            os.write(write, repr(seen).encode())
+            os._exit(0)
+        os.close(write)
+        assert 0 == wait_child(pid, timeout=30)
+        return list(eval(os.read(read, 10000)))
+
+    assert ["os.fork", "check"] == run_in_child(in_child)
