@@ -16,6 +16,7 @@ prepare phases at once. No phase takes a lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging  # noqa: F401  (imported for its at-fork hooks, see above)
 import os
 import random  # noqa: F401  (imported for its at-fork hook, see above)
@@ -299,12 +300,17 @@ def _unraisable_args_type() -> Any:
     return _unraisable_args
 
 
+#: How every report of a failed callback begins.
+REPORT_PREFIX = "Exception ignored in atfork "
+
+
+def unraisable_args(exc: BaseException, err_msg: str, obj: object) -> Any:
+    """The argument ``sys.unraisablehook`` takes, for ``exc``."""
+    return _unraisable_args_type()((type(exc), exc, exc.__traceback__, err_msg, obj))
+
+
 def _report(hook: Hook, phase: str) -> None:
-    exc_type, exc, tb = sys.exc_info()
-    try:
-        args = _unraisable_args_type()(
-            (exc_type, exc, tb, f"Exception ignored in atfork {phase} callback", hook)
-        )
-        sys.unraisablehook(args)
-    except BaseException:  # noqa: BLE001, S110  (a broken hook must not break the fork)
-        pass
+    exc = sys.exc_info()[1]
+    assert exc is not None
+    with contextlib.suppress(BaseException):  # a broken hook must not break the fork
+        sys.unraisablehook(unraisable_args(exc, f"{REPORT_PREFIX}{phase} callback", hook))

@@ -26,7 +26,10 @@ import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, TypeVar
 
+from atfork import _dispatch
+
 __all__ = [
+    "ChildCallbackError",
     "ChildError",
     "ChildTimeoutError",
     "PythonRun",
@@ -67,6 +70,19 @@ class ChildTimeoutError(TimeoutError):
     def __init__(self, message: str, stack: str) -> None:
         super().__init__(f"{message}\n{stack}" if stack else message)
         self.stack = stack
+
+
+class ChildCallbackError(Exception):
+    """An atfork callback raised in a child of :func:`run_in_child`.
+
+    The child reports the error through its ``sys.unraisablehook``, which the
+    parent cannot see; :func:`run_in_child` reports it again in the parent,
+    as this exception, whose message holds the child's traceback.
+
+    .. versionadded:: 0.1
+    """
+
+    __module__ = "atfork.testing"
 
 
 class _RemoteTraceback(Exception):
@@ -150,19 +166,47 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _child_main(result_fd: int, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+def _catch_child_reports() -> tuple[list[tuple[str, str, str]], Any]:
+    """Install, until the fork returns, an unraisable hook that keeps the
+    atfork callback errors of the child, to send them to the parent; every
+    other report goes on to the hook installed before."""
+    parent = os.getpid()
+    reports: list[tuple[str, str, str]] = []
+    previous = sys.unraisablehook
+
+    def keep(args: Any) -> None:
+        if os.getpid() != parent and str(args.err_msg).startswith(_dispatch.REPORT_PREFIX):
+            text = "".join(
+                traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+            )
+            reports.append((args.err_msg, repr(args.object), text))
+        else:
+            previous(args)
+
+    sys.unraisablehook = keep
+    return reports, previous
+
+
+def _report_again(err_msg: str, hook: str, text: str) -> None:
+    """Report in the parent an atfork callback error of the child."""
+    error = ChildCallbackError(f"{hook} raised in the child:\n{text}")
+    sys.unraisablehook(_dispatch.unraisable_args(error, err_msg, None))
+
+
+def _child_main(
+    result_fd: int, func: Callable[..., Any], args: tuple[Any, ...], reports: list[Any]
+) -> None:
     try:
         try:
-            payload: tuple[Any, ...] = (True, func(*args))
+            payload: tuple[Any, ...] = (True, func(*args), "", reports)
         except BaseException as exc:  # noqa: BLE001  (sent to the parent)
-            payload = (False, exc, traceback.format_exc())
+            payload = (False, exc, traceback.format_exc(), reports)
         try:
             data = pickle.dumps(payload)
         except Exception:  # noqa: BLE001
             text = payload[2] if not payload[0] else traceback.format_exc()
-            data = pickle.dumps(
-                (False, ChildError(f"could not send the child's result:\n{text}"), "")
-            )
+            error = ChildError(f"could not send the child's result:\n{text}")
+            data = pickle.dumps((False, error, "", reports))
         data = _LENGTH.pack(len(data)) + data
         while data:
             data = data[os.write(result_fd, data) :]
@@ -195,7 +239,9 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
 
     The result travels back pickled; an exception raised in the child is
     raised again in the parent, with the child's traceback as its cause.
-    The atfork callbacks run as with any ``os.fork()``.
+    The atfork callbacks run as with any ``os.fork()``; an exception raised
+    by one in the child is reported again in the parent through
+    ``sys.unraisablehook``, as a :class:`ChildCallbackError`.
 
     :param timeout: seconds the child may take, fork callbacks included.
     :raises ChildTimeoutError: the child was still running at the deadline;
@@ -213,6 +259,7 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
     result_r, result_w = os.pipe()
     stack_r, stack_w = os.pipe()
     pid = -1
+    reports, previous_hook = _catch_child_reports()
     try:
         # Registered in the parent so that the child inherits it from its
         # first instruction on, even a child hanging in a fork callback.
@@ -222,12 +269,14 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
                 warnings.filterwarnings("ignore", _MULTI_THREADED_FORK, DeprecationWarning)
                 pid = os.fork()
             if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+                sys.unraisablehook = previous_hook
                 os.close(result_r)
                 os.close(stack_r)
-                _child_main(result_w, func, args)
+                _child_main(result_w, func, args, reports)
         finally:
             if pid:
                 faulthandler.unregister(DUMP_SIGNAL)
+                sys.unraisablehook = previous_hook
         os.close(result_w)
         os.close(stack_w)
         result_w = stack_w = -1
@@ -248,6 +297,8 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
     if data is None:
         raise ChildError(f"the child (pid {pid}) {_describe_status(status)} without a result")
     payload = pickle.loads(data)  # noqa: S301  (our own child wrote it)
+    for err_msg, hook, text in payload[3]:
+        _report_again(f"{err_msg} (in child {pid})", hook, text)
     if payload[0]:
         return payload[1]  # type: ignore[no-any-return]
     exc: BaseException = payload[1]

@@ -1,0 +1,185 @@
+"""Fork test helpers with deadlines (atfork.testing)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import warnings
+from typing import Any
+
+import pytest
+
+import atfork
+from atfork.testing import (
+    ChildCallbackError,
+    ChildError,
+    ChildTimeoutError,
+    run_in_child,
+    run_python,
+    wait_child,
+)
+
+
+def hang_forever() -> None:
+    threading.Event().wait()
+
+
+# -- run_in_child ---------------------------------------------------------------
+
+
+def test_returns_the_childs_result() -> None:
+    """The child's return value comes back to the parent."""
+    assert (os.getpid(), {"a": [1, 2]}) == run_in_child(lambda x: (os.getppid(), x), {"a": [1, 2]})
+
+
+def test_runs_in_another_process() -> None:
+    """The callable runs in a child, not in the parent."""
+    assert os.getpid() != run_in_child(os.getpid)
+
+
+def test_reraises_the_childs_exception_with_its_traceback() -> None:
+    """The child's exception is raised in the parent, the child's traceback as its cause."""
+
+    def fail() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError, match="missing") as info:
+        run_in_child(fail)
+    assert "in fail" in str(info.value.__cause__)
+
+
+def test_unpicklable_result_is_a_child_error() -> None:
+    """A result that cannot be sent raises ChildError naming the problem."""
+    with pytest.raises(ChildError, match="could not send"):
+        run_in_child(lambda: threading.Lock())
+
+
+def test_child_that_dies_without_result_is_a_child_error() -> None:
+    """A child that exits or is killed before answering raises ChildError with its status."""
+    with pytest.raises(ChildError, match="exited with code 7"):
+        run_in_child(os._exit, 7)
+    with pytest.raises(ChildError, match=f"killed by signal {int(signal.SIGKILL)}"):
+        run_in_child(lambda: os.kill(os.getpid(), signal.SIGKILL))
+
+
+def test_hung_child_is_killed_with_its_stack() -> None:
+    """At the deadline the child is killed; the error holds the stack of each of its threads."""
+    with pytest.raises(ChildTimeoutError, match=r"still running after 0\.5 s") as info:
+        run_in_child(hang_forever, timeout=0.5)
+    assert "in hang_forever" in info.value.stack
+
+
+def test_child_hung_in_a_fork_callback_still_dumps_its_stack() -> None:
+    """A child that hangs before its own code starts (in a child callback) is dumped too."""
+
+    def stuck_in_child_callback() -> None:
+        hang_forever()
+
+    atfork.atfork(child=stuck_in_child_callback)
+    with pytest.raises(ChildTimeoutError) as info:
+        run_in_child(lambda: None, timeout=0.5)
+    assert "in stuck_in_child_callback" in info.value.stack
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_timeout_must_be_positive(timeout: float) -> None:
+    """A deadline that is not positive is refused before forking."""
+    with pytest.raises(ValueError, match="timeout must be positive"):
+        run_in_child(lambda: None, timeout=timeout)
+
+
+def test_timeout_must_be_a_number() -> None:
+    """A deadline that is not a number is a TypeError."""
+    with pytest.raises(TypeError, match="timeout must be a number"):
+        run_in_child(lambda: None, timeout="1")  # type: ignore[arg-type]
+
+
+def test_child_callback_errors_are_reported_in_the_parent(unraisable: list[Any]) -> None:
+    """An atfork callback that raises in the child is reported again in the parent."""
+
+    def boom() -> None:
+        raise ZeroDivisionError("child side")
+
+    atfork.atfork(child=boom, name="boom-hook")
+    assert "ok" == run_in_child(lambda: "ok")
+    assert 1 == len(unraisable)
+    report = unraisable[0]
+    assert report.exc_type is ChildCallbackError
+    assert report.err_msg.startswith("Exception ignored in atfork child callback (in child ")
+    assert "<atfork.Hook 'boom-hook'" in str(report.exc_value)
+    assert "ZeroDivisionError: child side" in str(report.exc_value)
+
+
+def test_fork_with_threads_does_not_warn() -> None:
+    """The DeprecationWarning for forking with threads (3.12+) is not raised by the helper."""
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait)
+    thread.start()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert 1 == run_in_child(lambda: 1)
+    finally:
+        stop.set()
+        thread.join()
+
+
+def test_parent_unraisablehook_is_restored() -> None:
+    """The helper puts back the sys.unraisablehook it found."""
+    before = sys.unraisablehook
+    run_in_child(lambda: None)
+    assert before is sys.unraisablehook
+
+
+# -- wait_child -------------------------------------------------------------------
+
+
+def test_wait_child_returns_the_exit_code() -> None:
+    """wait_child gives the exit code of a child that exits in time."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        os._exit(5)
+    assert 5 == wait_child(pid, timeout=30)
+
+
+def test_wait_child_kills_at_the_deadline() -> None:
+    """A child still running at the deadline is killed and reaped."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        hang_forever()
+    with pytest.raises(ChildTimeoutError, match="was killed"):
+        wait_child(pid, timeout=0.3)
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+# -- run_python -------------------------------------------------------------------
+
+
+def test_run_python_gives_output_and_exit_code() -> None:
+    """Output and exit code of a fresh interpreter come back; line numbers are kept."""
+    result = run_python("import sys\nprint('out')\nraise SystemExit(3)")
+    assert (3, "out\n", False) == (result.returncode, result.stdout, result.timed_out)
+    traceback_run = run_python("x = 1\nraise ValueError('line two')")
+    assert 'File "<string>", line 2' in traceback_run.stderr
+
+
+def test_run_python_kills_at_the_deadline_with_the_stack() -> None:
+    """A hung interpreter is killed at its deadline; its stack is reported."""
+    result = run_python(
+        "import threading\nprint('started', flush=True)\nthreading.Event().wait()", timeout=1
+    )
+    assert result.timed_out
+    assert result.returncode is None
+    assert "started\n" == result.stdout
+    assert 'File "<string>", line 3' in result.stack
+
+
+def test_run_python_removes_pythonunbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PYTHONUNBUFFERED is not passed on, unless env sets it; env adds variables."""
+    monkeypatch.setenv("PYTHONUNBUFFERED", "1")
+    source = "import os; print(os.environ.get('PYTHONUNBUFFERED'), os.environ.get('EXTRA'))"
+    assert "None x\n" == run_python(source, env={"EXTRA": "x"}).stdout
+    assert "1 None\n" == run_python(source, env={"PYTHONUNBUFFERED": "1"}).stdout
