@@ -11,6 +11,8 @@ import pytest
 
 from atfork._registry import registry
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _clean_registry() -> Iterator[None]:

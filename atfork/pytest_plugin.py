@@ -1,0 +1,100 @@
+"""The pytest plugin of atfork, loaded through the ``pytest11`` entry point.
+
+* The fixture ``atfork_child`` runs a function in a forked child with a
+  deadline (:func:`atfork.testing.run_in_child`); its default deadline is the
+  ini option ``atfork_timeout`` (30 seconds).
+* ``--atfork-strict`` (or the ini option ``atfork_strict = true``) fails a
+  test when an atfork callback raised during it: in this process, or in a
+  child of ``atfork_child``, whose callback errors come back to the parent.
+
+atfork itself is imported only when a test uses the fixture or the strict
+option is on, so that having the plugin installed changes nothing else.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+import pytest
+
+if TYPE_CHECKING:
+    from pluggy import Result
+
+__all__ = ["atfork_child"]
+
+T = TypeVar("T")
+_REPORT_PREFIX = "Exception ignored in atfork "
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("atfork", "fork safety (atfork)")
+    group.addoption(
+        "--atfork-strict",
+        action="store_true",
+        default=None,
+        help="fail a test when an atfork callback raised during it",
+    )
+    parser.addini(
+        "atfork_strict", "fail a test when an atfork callback raised during it", type="bool"
+    )
+    parser.addini(
+        "atfork_timeout", "default deadline of the atfork_child fixture, in seconds", default="30"
+    )
+
+
+def _strict(config: pytest.Config) -> bool:
+    option = config.getoption("atfork_strict")
+    return bool(config.getini("atfork_strict") if option is None else option)
+
+
+@pytest.fixture
+def atfork_child(pytestconfig: pytest.Config) -> Callable[..., Any]:
+    """Run ``func(*args)`` in a forked child and return its result::
+
+        def test_child_can_log(atfork_child):
+            assert atfork_child(logging.getLogger("x").warning, "hi") is None
+
+    Takes ``timeout=`` (seconds) like :func:`atfork.testing.run_in_child`;
+    the default is the ini option ``atfork_timeout``.
+    """
+    from atfork.testing import run_in_child
+
+    default = float(pytestconfig.getini("atfork_timeout"))
+
+    def run(func: Callable[..., T], *args: Any, timeout: float = default) -> T:
+        return run_in_child(func, *args, timeout=timeout)
+
+    return run
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Result[None], None]:
+    if not _strict(item.config):
+        yield
+        return
+    failures: list[str] = []
+    previous = sys.unraisablehook
+
+    def keep(args: Any) -> None:
+        if str(args.err_msg).startswith(_REPORT_PREFIX):
+            failures.append(f"{args.err_msg}: {args.object!r}: {args.exc_value!r}")
+        else:
+            previous(args)
+
+    sys.unraisablehook = keep
+    try:
+        outcome = yield
+    finally:
+        sys.unraisablehook = previous
+    if failures and outcome.exception is None:
+        outcome.force_exception(
+            pytest.fail.Exception(
+                "atfork callbacks raised during the test (--atfork-strict):\n"
+                + "\n".join(failures),
+                pytrace=False,
+            )
+        )
