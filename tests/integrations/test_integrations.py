@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
 import pytest
 
 import atfork.integrations as integrations
+from atfork.testing import run_python
 
 
 def test_available_lists_the_builtin_integrations() -> None:
@@ -25,3 +35,123 @@ def test_names_are_checked_before_anything_is_enabled() -> None:
     with pytest.raises(ValueError, match="nope"):
         integrations.enable(*integrations.BUILTIN, "nope")
     assert not any(integrations.get(name).is_enabled() for name in integrations.BUILTIN)
+
+
+# -- third-party integrations, from a real distribution ------------------------
+
+SAMPLE = """
+enabled = []
+
+def enable(**options):
+    enabled.append(options)
+
+def disable():
+    enabled.clear()
+
+def is_enabled():
+    return bool(enabled)
+
+not_an_integration = object()
+"""
+
+ENTRY_POINTS = """\
+[atfork.integrations]
+sample = atfork_sample
+broken = atfork_sample:not_an_integration
+"""
+
+
+def build_wheel(directory: Path) -> Path:
+    """A wheel of the distribution atfork-sample, which declares two entry points."""
+    dist_info = "atfork_sample-1.0.dist-info"
+    files = {
+        "atfork_sample.py": SAMPLE,
+        f"{dist_info}/METADATA": "Metadata-Version: 2.1\nName: atfork-sample\nVersion: 1.0\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+        f"{dist_info}/entry_points.txt": ENTRY_POINTS,
+    }
+    wheel = directory / "atfork_sample-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        record = []
+        for name, text in files.items():
+            data = text.encode()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{name},sha256={digest.decode()},{len(data)}")
+            archive.writestr(name, data)
+        record.append(f"{dist_info}/RECORD,,")
+        archive.writestr(f"{dist_info}/RECORD", "\n".join(record) + "\n")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def sample_path(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A directory where pip installed the sample distribution, plus atfork's own."""
+    directory = tmp_path_factory.mktemp("sample")
+    target = directory / "site"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "--target",
+            str(target),
+            str(build_wheel(directory)),
+        ],
+        check=True,
+        timeout=120,
+    )
+    atfork_parent = os.path.dirname(os.path.dirname(os.path.dirname(integrations.__file__)))
+    return os.pathsep.join([str(target), atfork_parent])
+
+
+def run_with_sample(sample_path: str, source: str) -> str:
+    result = run_python(textwrap.dedent(source), env={"PYTHONPATH": sample_path}, timeout=60)
+    assert 0 == result.returncode, result.stderr
+    return result.stdout
+
+
+def test_entry_points_are_available(sample_path: str) -> None:
+    """An installed distribution's entry points appear in available()."""
+    out = run_with_sample(
+        sample_path,
+        """
+        import atfork.integrations as i
+        print(i.available())
+    """,
+    )
+    assert {"sample", "broken", *integrations.BUILTIN} == set(eval(out))
+
+
+def test_entry_point_integration_is_enabled_with_options(sample_path: str) -> None:
+    """enable(name, **options) imports the entry point and calls its enable()."""
+    out = run_with_sample(
+        sample_path,
+        """
+        import atfork.integrations as i
+        i.enable("sample", level=3)
+        import atfork_sample
+        print(atfork_sample.enabled, i.get("sample").is_enabled())
+    """,
+    )
+    assert "[{'level': 3}] True\n" == out
+
+
+def test_entry_point_that_is_not_an_integration(sample_path: str) -> None:
+    """An entry point naming an object without enable/disable/is_enabled is a TypeError."""
+    out = run_with_sample(
+        sample_path,
+        """
+        import atfork.integrations as i
+        try:
+            i.enable("broken")
+        except TypeError as error:
+            print(error)
+    """,
+    )
+    assert "is not an atfork integration: it lacks enable, disable, is_enabled" in out
