@@ -155,3 +155,46 @@ def test_entry_point_that_is_not_an_integration(sample_path: str) -> None:
     """,
     )
     assert "is not an atfork integration: it lacks enable, disable, is_enabled" in out
+
+
+# -- ATFORK_INTEGRATIONS: enabling at interpreter start-up (atfork.pth) --------
+
+INSTALLED = "site-packages" in integrations.__file__  # as tox installs it, with atfork.pth
+needs_pth = pytest.mark.skipif(not INSTALLED, reason="atfork.pth is only active when installed")
+
+
+@needs_pth
+def test_environment_variable_enables_integrations_at_startup(sample_path: str) -> None:
+    """ATFORK_INTEGRATIONS enables the named integrations before the program runs."""
+    result = run_python(
+        "import atfork_sample; print(atfork_sample.enabled)",
+        env={"PYTHONPATH": sample_path, "ATFORK_INTEGRATIONS": "sample"},
+    )
+    assert (0, "[{}]\n") == (result.returncode, result.stdout), result.stderr
+
+
+@needs_pth
+def test_environment_variable_with_an_unknown_name(sample_path: str) -> None:
+    """An unknown name is one line on stderr; the program still runs."""
+    result = run_python(
+        "print('ran')", env={"PYTHONPATH": sample_path, "ATFORK_INTEGRATIONS": "sample, nope"}
+    )
+    assert (0, "ran\n") == (result.returncode, result.stdout)
+    assert result.stderr.startswith(
+        "atfork: ATFORK_INTEGRATIONS: no atfork integration named 'nope'; available: "
+    )
+    assert 1 == len(result.stderr.splitlines())
+
+
+@needs_pth
+def test_without_the_variable_atfork_is_not_imported() -> None:
+    """With ATFORK_INTEGRATIONS unset, start-up does not import atfork."""
+    result = run_python("import sys; print('atfork' in sys.modules)")
+    assert "False\n" == result.stdout
+
+
+def test_names_are_separated_by_commas_or_spaces() -> None:
+    """The variable's value is split on commas and white space."""
+    from atfork._startup import names
+
+    assert ["logging", "stdio", "db"] == names(" logging,stdio  db, ")
