@@ -2,8 +2,8 @@
 
 from atfork._dispatch import check, fork_origin
 from atfork._errors import AtforkWarning
-from atfork._registry import Hook, atfork
+from atfork._registry import Hook, atfork, hooks
 
-__all__ = ["AtforkWarning", "Hook", "__version__", "atfork", "check", "fork_origin"]
+__all__ = ["AtforkWarning", "Hook", "__version__", "atfork", "check", "fork_origin", "hooks"]
 
 __version__ = "0.1.0"

@@ -12,12 +12,13 @@ registration cannot deadlock.
 from __future__ import annotations
 
 import itertools
+import sys
 from typing import Callable
 
 from atfork import _dispatch
 from atfork._refs import Callback, weak_call
 
-__all__ = ["Hook", "Snapshot", "atfork", "registry"]
+__all__ = ["Hook", "Snapshot", "atfork", "hooks", "registry"]
 
 _PHASES = ("prepare", "parent", "child")
 
@@ -137,11 +138,12 @@ class Hook:
     .. versionadded:: 0.1
     """
 
-    __slots__ = ("__weakref__", "_calls", "_key", "_name", "_priority", "_refs")
+    __slots__ = ("__weakref__", "_calls", "_key", "_name", "_priority", "_refs", "_where")
     __module__ = "atfork"
 
     _name: str
     _priority: int
+    _where: tuple[str, int]
     _key: int
     # What the dispatcher calls in each phase (the callback itself, or for a
     # weak hook a caller that dereferences it first), and the weak references.
@@ -160,6 +162,11 @@ class Hook:
     def priority(self) -> int:
         """The priority given at registration."""
         return self._priority
+
+    @property
+    def where(self) -> str:
+        """Where it was registered: ``file:line`` of the call to :func:`atfork`."""
+        return "{}:{}".format(*self._where)
 
     @property
     def active(self) -> bool:
@@ -241,6 +248,8 @@ def atfork(
         raise TypeError(f"name must be a str, not {type(name).__name__}")
 
     hook = object.__new__(Hook)
+    caller = sys._getframe(1)
+    hook._where = (caller.f_code.co_filename, caller.f_lineno)
     hook._priority = priority
     hook._name = name if name is not None else _describe(next(f for f in funcs if f is not None))
     if weak:
@@ -259,6 +268,15 @@ def atfork(
         hook._calls = funcs
     registry.add(hook)
     return hook
+
+
+def hooks() -> tuple[Hook, ...]:
+    """The active hooks, in the order their ``parent`` and ``child``
+    callbacks run (``prepare`` runs in the reverse order).
+
+    .. versionadded:: 0.1
+    """
+    return registry.hooks()
 
 
 def _all_alive(call: Callback, refs: tuple[object, ...]) -> Callback:

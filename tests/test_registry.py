@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import sys
 import threading
 from typing import Callable
 
@@ -135,6 +136,26 @@ def test_name_priority_and_repr() -> None:
     assert f"<atfork.Hook '{__name__}.noop' priority=3 active>" == repr(hook)
     hook.unregister()
     assert repr(hook).endswith("inactive>")
+
+
+def test_where_is_the_registering_line() -> None:
+    """A hook knows the file and line of the atfork() call that made it."""
+    line = sys._getframe().f_lineno + 1
+    hook = atfork.atfork(child=noop)
+    assert f"{__file__}:{line}" == hook.where
+
+
+def test_hooks_lists_active_hooks_in_parent_child_order() -> None:
+    """atfork.hooks() gives the active hooks, priority first, then registration order."""
+    before = atfork.hooks()
+    low = atfork.atfork(child=noop, priority=-1)
+    first = atfork.atfork(child=noop)
+    high = atfork.atfork(child=noop, priority=1)
+    second = atfork.atfork(child=noop)
+    gone = atfork.atfork(child=noop)
+    gone.unregister()
+    mine = [hook for hook in atfork.hooks() if hook not in before]
+    assert [high, first, second, low] == mine
 
 
 def test_same_callable_twice_is_two_registrations() -> None:
