@@ -124,13 +124,15 @@ def _after_in_child() -> None:
     assert _registry is not None
     # A thread of the parent may have been half way through a change.
     _registry.snapshot = None
-    _registry.pid = getpid()  # for check(): the callbacks ran in this process
     if _forks:
         fork = _forks.pop(get_ident(), None)
         if _forks:  # forks of other threads, cut short: those threads are not here
             _forks.clear()
         if fork is None:
+            # No prepare phase ran for this fork: a C extension called
+            # PyOS_AfterFork_Child() alone (uWSGI does). check() runs them.
             return
+        _registry.pid = getpid()  # for check(): the callbacks run in this process
         if fork.nested:
             _forks[get_ident()] = _nested_done(fork)
             return
@@ -171,11 +173,12 @@ def check() -> bool:
     """Run the ``child`` callbacks if this process was forked without
     Python's fork hooks, and return whether it ran them.
 
-    A C extension that calls ``fork()`` itself, or uWSGI without its Python
-    fork-hook options, makes a child in which no atfork callback ran. Call
-    this early in such a child (uWSGI's ``postfork`` hook, say): it runs the
-    ``child`` callbacks if the process id changed since they last ran, and
-    does nothing otherwise, so callbacks never run twice in one process
+    A C extension that calls ``fork()`` itself, or that calls only
+    ``PyOS_AfterFork_Child()`` after it (uWSGI does), makes a child in which
+    no atfork callback ran. Call this early in such a child (uWSGI's
+    ``postfork`` hook, say): it runs the ``child`` callbacks if they have not
+    run in this process, and does nothing otherwise, so callbacks never run
+    twice in one process
     (when two threads call it at once, one runs them and the other returns
     False at once). ``prepare`` and ``parent`` callbacks cannot run for such
     a fork. Errors are reported as for any fork.

@@ -499,6 +499,38 @@ def test_check_runs_child_callbacks_after_a_raw_fork() -> None:
     assert (False, after) == (again, last)
 
 
+@pytest.mark.skipif(
+    sys.version_info >= (3, 13),
+    reason="not on this Python: 3.13 aborts in PyOS_AfterFork_Child() without PyOS_BeforeFork()",
+)
+def test_check_after_pyos_afterfork_child_alone() -> None:
+    """A C fork followed by PyOS_AfterFork_Child() alone (as uWSGI with
+    --py-call-osafterfork does) runs no atfork callback, for lack of a prepare
+    phase; check() then runs them once."""
+    calls: list[str] = []
+    atfork.atfork(prepare=lambda: calls.append("prepare"), child=lambda: calls.append("child"))
+
+    def in_child() -> list[object]:
+        read, write = os.pipe()
+        pid = raw_fork()
+        if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
+            ctypes.pythonapi.PyOS_AfterFork_Child()
+            seen = [list(calls), atfork.check(), list(calls), atfork.check()]
+            os.write(write, repr(seen).encode())
+            os._exit(0)
+        os.close(write)
+        assert 0 == wait_child(pid, timeout=30)
+        return list(eval(os.read(read, 10000)))
+
+    before, ran, after, again = run_in_child(in_child)
+    assert (["prepare", "child"], True, ["prepare", "child", "child"], False) == (
+        before,
+        ran,
+        after,
+        again,
+    )
+
+
 def test_check_after_os_fork_does_nothing() -> None:
     """In a child of os.fork() the callbacks ran already: check() returns False."""
     calls: list[str] = []
