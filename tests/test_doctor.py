@@ -5,11 +5,25 @@ from __future__ import annotations
 import random
 import sys
 import threading
+from collections.abc import Iterator
+
+import pytest
 
 import atfork
 from atfork._doctor import diagnose, render
+from atfork.integrations import random as atfork_random
 
 
+@pytest.fixture
+def reseeded() -> Iterator[None]:
+    """The random integration enabled: numpy, imported by other tests of the
+    session, would otherwise give both trial children the same draws."""
+    atfork_random.enable()
+    yield
+    atfork_random.disable()
+
+
+@pytest.mark.usefixtures("reseeded")
 def test_report_lists_hooks_threads_and_integrations() -> None:
     """The report gives the hooks in fork order with where they come from, and the threads."""
     line = sys._getframe().f_lineno + 1
@@ -51,6 +65,7 @@ def test_hung_trial_child_is_reported_with_its_stack() -> None:
     assert "stuck_after_fork" in render(report)
 
 
+@pytest.mark.usefixtures("reseeded")
 def test_children_with_the_same_random_draws_are_reported() -> None:
     """Two trial children drawing the same numbers are a finding."""
     atfork.atfork(child=lambda: random.seed(1234))

@@ -1,0 +1,457 @@
+"""No two processes share a random stream; seeded programs stay reproducible.
+
+What breaks after fork without it
+    A forked child starts with a copy of every pseudo-random generator of
+    its parent, in the same state: unless something reseeds them, every
+    child draws the same numbers as its siblings (numpy issue 9650, open
+    since 2017: identical data augmentation in forked data-loader workers,
+    identical Monte Carlo samples; PyTorch issue 5059). Identical streams
+    are a security problem too when they make identifiers or tokens. And a
+    numpy generator whose lock another thread held at the fork (it was
+    drawing) keeps it held in the child, where that thread does not exist:
+    the child's next draw hangs (numpy issue 9248).
+
+What the standard library already does (CPython 3.9 - 3.13, the same on each)
+    Since 3.7 (bpo-16500) ``random`` reseeds its global instance, the one
+    behind ``random.random()``, from ``os.urandom`` in the child. That is
+    all: a private ``random.Random(...)`` is not reseeded, and a program
+    that called ``random.seed(42)`` gets children whose global draws cannot
+    be reproduced. numpy reseeds nothing: its legacy global generator
+    (``np.random.random()``), every ``Generator`` (``default_rng()``, seeded
+    or not) and every ``RandomState`` give the same draws in every child.
+    torch's default CPU generator likewise. ``secrets``, ``os.urandom``,
+    ``uuid.uuid4`` and ``random.SystemRandom`` read the kernel's generator
+    at each call and need nothing.
+
+What this module does
+    The generators it covers: the standard library's global instance,
+    numpy's legacy global generator and torch's default CPU generator when
+    the program has imported numpy or torch (looked up in ``sys.modules`` at
+    fork time, never imported), and every generator given to :func:`track`.
+
+    prepare, parent (``mode="derived"`` only)
+        prepare takes the index ``k`` of the child about to be made (the
+        forks of a process are counted from 0); parent forgets it again.
+    child
+        First the lock of each covered numpy generator is re-created, so
+        that a lock held by a thread of the parent no longer blocks. Then
+        each covered generator is reseeded: with ``mode="fresh"`` from 128
+        bits of ``os.urandom`` each (the global ``random`` instance is left
+        to CPython, which reseeds it already); with ``mode="derived"`` from
+        the root seed sequence, as described in :func:`enable`, the global
+        ``random`` instance included. The parent's own generators are never
+        touched.
+
+The derived scheme
+    The root is ``SeedSequence(root_seed())`` in numpy's sense. A process
+    has a spawn key: ``()`` where :func:`enable` was called, and
+    ``parent_key + (k,)`` in the ``k``-th child of a process. In a child,
+    stream ``s`` is seeded from ``SeedSequence(root_seed(),
+    spawn_key=spawn_key() + (s,))``, where ``s`` is 0 for the global
+    ``random`` instance, 1 for numpy's legacy global generator, 2 for
+    torch's default CPU generator and ``3 + i`` for the ``i``-th generator
+    given to :func:`track` in the process or its ancestors. A
+    ``random.Random`` is seeded with the integer made of
+    ``generate_state(4)`` (32-bit words, lowest first); a numpy
+    ``RandomState`` backed by ``MT19937`` with ``seed(generate_state(4))``;
+    any other numpy bit generator gets the state of ``type(bit_generator)``
+    constructed from that ``SeedSequence``; torch with the integer made of
+    ``generate_state(2)``. The words are computed by a pure-Python copy of
+    numpy's ``SeedSequence`` (checked against numpy by the tests), so
+    programs without numpy are seeded the same way.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import os
+import random
+import sys
+import weakref
+from _thread import get_ident
+from typing import Any, Callable
+
+import atfork
+from atfork.integrations import PRIORITY_RANDOM
+from atfork.integrations._seed_sequence import Pool
+
+__all__ = [
+    "disable",
+    "enable",
+    "is_enabled",
+    "root_seed",
+    "spawn_key",
+    "track",
+    "untrack",
+]
+
+MODES = ("fresh", "derived")
+
+# Stream numbers in the derived scheme (see the module docstring).
+_STREAM_RANDOM = 0
+_STREAM_NUMPY = 1
+_STREAM_TORCH = 2
+_FIRST_TRACKED_STREAM = 3
+
+# How a tracked generator is reseeded.
+_RANDOM = "random"  # random.Random: seed(int)
+_RANDOM_STATE = "RandomState"  # numpy RandomState
+_GENERATOR = "Generator"  # numpy Generator: its bit generator
+_BIT_GENERATOR = "BitGenerator"  # numpy BitGenerator
+
+_stdlib_seed = random.seed  # the global instance's seed, as CPython reseeds it
+
+_mode: str | None = None
+_hooks: list[atfork.Hook] = []
+
+# The derived mode's root entropy, this process's spawn key, the seed pool
+# with that key mixed in, and the index of the next child.
+_root: int | None = None
+_key: tuple[int, ...] = ()
+_pool: Pool | None = None
+_children = itertools.count()
+# The index of the child being forked, by forking thread, from prepare to
+# parent or child: two threads may fork at once.
+_pending: dict[int, int] = {}
+
+
+class _Tracked:
+    """A tracked generator: its stream number, how to reseed it, and the
+    generator itself or a weak reference to it."""
+
+    __slots__ = ("get", "kind", "stream")
+
+    def __init__(self, stream: int, kind: str, get: Callable[[], Any]) -> None:
+        self.stream = stream
+        self.kind = kind
+        self.get = get
+
+
+# Tracked generators by id(); numbered in tracking order (the stream number
+# of the derived scheme, inherited by children).
+_tracked: dict[int, _Tracked] = {}
+_streams = itertools.count(_FIRST_TRACKED_STREAM)
+
+
+def enable(*, mode: str = "fresh", seed: int | None = None) -> None:
+    """Reseed the random generators in every forked child.
+
+    :param mode: ``"fresh"``: each child reseeds from ``os.urandom``.
+        ``"derived"``: each child derives its seeds from a root seed and its
+        place in the process tree (see the module documentation), so the
+        same program run twice gives every child the same draws, while
+        siblings, children and grandchildren all differ.
+    :param seed: the root seed of ``mode="derived"``, a non-negative
+        integer; by default 128 bits of ``os.urandom``, which
+        :func:`root_seed` gives back to log and reuse.
+    :raises ValueError: an unknown mode, a negative seed, or a seed with
+        ``mode="fresh"``.
+    :raises TypeError: a mode that is not a string or a seed that is not an
+        integer.
+
+    Calling it again with the options in force does nothing; with other
+    options it replaces them (a derived mode then restarts from its new
+    root, in this process). Nothing is imported: numpy and torch are
+    looked up at fork time among the modules the program imported.
+
+    .. versionadded:: 0.1
+    """
+    global _mode, _root, _key, _pool, _children
+    if not isinstance(mode, str):
+        raise TypeError(f"mode must be a str, not {type(mode).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be 'fresh' or 'derived', not {mode!r}")
+    if seed is not None:
+        if mode != "derived":
+            raise ValueError("seed is only used with mode='derived'")
+        if isinstance(seed, bool):
+            raise TypeError("seed must be an int, not bool")
+        try:
+            seed = operator.index(seed)
+        except TypeError:
+            raise TypeError(f"seed must be an int, not {type(seed).__name__}") from None
+        if seed < 0:
+            raise ValueError(f"seed must be non-negative, not {seed}")
+    if _mode == mode and (seed is None or seed == _root):
+        return
+    disable()
+    if mode == "derived":
+        _root = seed if seed is not None else int.from_bytes(os.urandom(16), "little")
+        _key = ()
+        _pool = Pool.root(_root)
+        _children = itertools.count()
+        _hooks.append(
+            atfork.atfork(
+                _derived_prepare,
+                _derived_parent,
+                _derived_child,
+                priority=PRIORITY_RANDOM,
+                name="atfork.integrations.random (derived)",
+            )
+        )
+    else:
+        _hooks.append(
+            atfork.atfork(
+                child=_fresh_child,
+                priority=PRIORITY_RANDOM,
+                name="atfork.integrations.random (fresh)",
+            )
+        )
+    _mode = mode
+
+
+def disable() -> None:
+    """Stop reseeding in forked children; calling it again does nothing.
+    Tracked generators stay tracked.
+
+    .. versionadded:: 0.1
+    """
+    global _mode, _root, _pool
+    while _hooks:
+        _hooks.pop().unregister()
+    _mode = _root = _pool = None
+    _pending.clear()
+
+
+def is_enabled() -> bool:
+    """Whether forked children are reseeded.
+
+    .. versionadded:: 0.1
+    """
+    return _mode is not None
+
+
+def root_seed() -> int | None:
+    """The root seed of ``mode="derived"``: the one given to :func:`enable`,
+    or the entropy drawn for it (log it, and pass it as ``seed`` to run the
+    same children again). The same in every descendant. None in
+    ``mode="fresh"`` or when not enabled.
+
+    .. versionadded:: 0.1
+    """
+    return _root
+
+
+def spawn_key() -> tuple[int, ...]:
+    """This process's place in the process tree of ``mode="derived"``:
+    ``()`` in the process that called :func:`enable`, its parent's key
+    followed by ``k`` in the ``k``-th child (counted from 0) of a process.
+
+    .. versionadded:: 0.1
+    """
+    return _key
+
+
+def track(rng: Any) -> Any:
+    """Reseed ``rng`` in every forked child too, and return it.
+
+    :param rng: a :class:`random.Random` (``SystemRandom`` is accepted and
+        needs nothing), or a numpy ``Generator``, ``RandomState`` or
+        ``BitGenerator`` (``MT19937``, ``PCG64``, ``PCG64DXSM``,
+        ``Philox``, ``SFC64``, or any bit generator that can be constructed
+        from a ``SeedSequence``).
+    :returns: ``rng`` itself: ``rng = track(np.random.default_rng())``.
+    :raises TypeError: any other object.
+
+    A ``random.Random`` is held by a weak reference: tracking ends when it
+    is garbage. numpy's generators cannot be weakly referenced; they are
+    held until :func:`untrack` is called with them. Tracking an object
+    twice does nothing. Tracking works whether or not the integration is
+    enabled.
+
+    .. versionadded:: 0.1
+    """
+    key = id(rng)
+    if key in _tracked:
+        return rng
+    kind = _kind(rng)
+    stream = next(_streams)
+    try:
+        ref: Callable[[], Any] = weakref.ref(rng, lambda _: _tracked.pop(key, None))
+    except TypeError:  # numpy's generators: held until untrack()
+        ref = _Strong(rng)
+    _tracked[key] = _Tracked(stream, kind, ref)
+    return rng
+
+
+def untrack(rng: Any) -> None:
+    """Stop reseeding ``rng`` in forked children and drop the reference to
+    it; calling it for an object that is not tracked does nothing.
+
+    .. versionadded:: 0.1
+    """
+    entry = _tracked.get(id(rng))
+    if entry is not None and entry.get() is rng:
+        del _tracked[id(rng)]
+
+
+class _Strong:
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self._obj = obj
+
+    def __call__(self) -> Any:
+        return self._obj
+
+
+def _kind(rng: Any) -> str:
+    if isinstance(rng, random.Random):
+        return _RANDOM
+    np_random = sys.modules.get("numpy.random")  # a numpy generator implies it is imported
+    if np_random is not None:
+        if isinstance(rng, np_random.Generator):
+            _check_bit_generator(np_random, rng.bit_generator)
+            return _GENERATOR
+        if isinstance(rng, np_random.RandomState):
+            _check_bit_generator(np_random, rng._bit_generator)
+            return _RANDOM_STATE
+        if isinstance(rng, np_random.BitGenerator):
+            _check_bit_generator(np_random, rng)
+            return _BIT_GENERATOR
+    raise TypeError(
+        "track() takes a random.Random or a numpy Generator, RandomState or "
+        f"BitGenerator, not {type(rng).__module__}.{type(rng).__qualname__}"
+    )
+
+
+def _check_bit_generator(np_random: Any, bit_generator: Any) -> None:
+    """Fail at track() rather than at fork time for a bit generator that
+    cannot be reseeded the way the child does it."""
+    try:
+        type(bit_generator)(np_random.SeedSequence(0)).state  # noqa: B018  (the check)
+    except Exception as exc:  # whatever it is, the child could not reseed it either
+        raise TypeError(
+            f"cannot track a generator backed by {type(bit_generator).__qualname__}: it "
+            f"cannot be constructed from a numpy SeedSequence ({exc})"
+        ) from exc
+
+
+# prepare / parent (mode="derived")
+
+
+def _derived_prepare() -> None:
+    _pending[get_ident()] = next(_children)
+
+
+def _derived_parent() -> None:
+    _pending.pop(get_ident(), None)
+
+
+# child
+
+
+def _fresh_child() -> None:
+    # 128 bits of fresh entropy per generator, read at once; the global
+    # random instance was reseeded by CPython already.
+    tracked = list(_tracked.copy().values())
+    entropy = os.urandom(16 * (2 + len(tracked)))
+    index = itertools.count()
+
+    def words(_: int) -> list[int]:
+        start = 16 * next(index)
+        chunk = entropy[start : start + 16]
+        return [int.from_bytes(chunk[i : i + 4], "little") for i in range(0, 16, 4)]
+
+    def sequence(np_random: Any, stream: int) -> Any:
+        return np_random.SeedSequence(_integer(words(stream)))
+
+    _reseed(tracked, words, sequence)
+
+
+def _derived_child() -> None:
+    global _key, _pool, _children
+    index = _pending.pop(get_ident())
+    _pending.clear()  # forks of other threads of the parent: not in this process
+    assert _pool is not None
+    assert _root is not None
+    _key += (index,)
+    pool = _pool = _pool.spawn(index)
+    _children = itertools.count()
+    root, key = _root, _key
+
+    def words(stream: int) -> list[int]:
+        return pool.spawn(stream).generate_state(4)
+
+    def sequence(np_random: Any, stream: int) -> Any:
+        return np_random.SeedSequence(root, spawn_key=(*key, stream))
+
+    _stdlib_seed(_integer(words(_STREAM_RANDOM)))
+    _reseed(list(_tracked.copy().values()), words, sequence)
+
+
+def _reseed(
+    tracked: list[_Tracked],
+    words: Callable[[int], list[int]],
+    sequence: Callable[[Any, int], Any],
+) -> None:
+    """Reseed numpy's and torch's global generators and the tracked ones;
+    ``words(stream)`` gives four 32-bit words of seed, ``sequence(numpy.random,
+    stream)`` a numpy SeedSequence."""
+    np_random = sys.modules.get("numpy.random")
+    mtrand = sys.modules.get("numpy.random.mtrand")
+    legacy = getattr(mtrand, "_rand", None)
+    if legacy is not None:
+        _reseed_random_state(np_random, legacy, words, sequence, _STREAM_NUMPY)
+    generator = getattr(sys.modules.get("torch"), "default_generator", None)
+    if generator is not None:
+        seed_words = words(_STREAM_TORCH)
+        generator.manual_seed(seed_words[0] | seed_words[1] << 32)
+    for entry in tracked:
+        rng = entry.get()
+        if rng is None:
+            continue
+        if entry.kind == _RANDOM:
+            rng.seed(_integer(words(entry.stream)))
+        elif entry.kind == _RANDOM_STATE:
+            _reseed_random_state(np_random, rng, words, sequence, entry.stream)
+        else:
+            bit_generator = rng.bit_generator if entry.kind == _GENERATOR else rng
+            _reset_lock(bit_generator.lock)
+            bit_generator.state = type(bit_generator)(sequence(np_random, entry.stream)).state
+
+
+def _reseed_random_state(
+    np_random: Any,
+    state: Any,
+    words: Callable[[int], list[int]],
+    sequence: Callable[[Any, int], Any],
+    stream: int,
+) -> None:
+    bit_generator = state._bit_generator
+    _reset_lock(bit_generator.lock)
+    # Both take the lock just re-created, which nothing else can hold here,
+    # and both drop the cached second normal of the Box-Muller pair, which
+    # would otherwise be every child's first standard_normal().
+    if type(bit_generator) is np_random.MT19937:
+        state.seed(words(stream))  # init_by_array: far cheaper than MT19937(SeedSequence)
+    else:
+        state.set_state(type(bit_generator)(sequence(np_random, stream)).state)
+
+
+def _reset_lock(lock: Any) -> None:
+    """Make a numpy generator's lock free again in the child.
+
+    Only the forking thread exists in the child: a lock held by any other
+    thread of the parent would never be released. It is re-created in place
+    (``_at_fork_reinit``, what ``threading`` does for its own locks), unless
+    the forking thread holds it itself, which an ``RLock`` (numpy 2.3 and
+    later) can tell; numpy's older plain ``Lock`` cannot, so one held by the
+    forking thread across ``os.fork()`` is freed too.
+    """
+    is_owned = getattr(lock, "_is_owned", None)
+    if is_owned is not None and is_owned():
+        return
+    reinit = getattr(lock, "_at_fork_reinit", None)
+    if reinit is not None:
+        reinit()
+
+
+def _integer(words: list[int]) -> int:
+    value = 0
+    for i, word in enumerate(words):
+        value |= word << (32 * i)
+    return value
