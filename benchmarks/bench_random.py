@@ -1,0 +1,136 @@
+"""Fork latency added by the random integration, against a bare fork.
+
+Every case imports numpy and atfork and makes N numpy generators
+(``default_rng()``, PCG64); the integration's cases enable it in a mode and
+track the N generators, the bare case does neither. Per fork it measures:
+
+* parent: from the ``os.fork()`` call to its return in the parent;
+* child-ready: from the ``os.fork()`` call to the child having run its
+  callbacks (reseeded everything), read on the same monotonic clock; with
+  ``--draw``, to the child having also drawn one number from numpy's global
+  generator and from each of the N (what a child that uses them pays anyway:
+  the first touch of numpy's code and data after a fork costs page faults,
+  whoever touches them first);
+* faults: the parent's page faults per fork.
+
+Each run is a fresh interpreter; the cases take turns over several rounds in
+shuffled order, and the report gives the median over rounds of each run's
+median, with ratios against the bare fork. Run
+``python benchmarks/bench_random.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import resource
+import statistics
+import struct
+import subprocess
+import sys
+import time
+
+_STAMP = struct.Struct("!q")
+
+
+def measure(mode: str, generators: int, forks: int, draw: bool) -> tuple[float, float, float]:
+    """In this interpreter: set up the case and return the median latencies (ns)
+    and page faults."""
+    import numpy as np
+
+    import atfork.integrations.random as atfork_random
+
+    rngs = [np.random.default_rng() for _ in range(generators)]
+    np.random.random()  # the legacy global generator exists in every case
+    if mode != "bare":
+        atfork_random.enable(mode=mode, seed=1 if mode == "derived" else None)
+        for rng in rngs:
+            atfork_random.track(rng)
+    read, write = os.pipe()
+    clock = time.perf_counter_ns
+    parent_ns, child_ns, faults = [], [], []
+    for _ in range(forks):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        start = clock()
+        pid = os.fork()
+        if pid == 0:
+            if draw:
+                np.random.random()
+                for rng in rngs:
+                    rng.random()
+            os.write(write, _STAMP.pack(clock()))
+            os._exit(0)
+        parent_ns.append(clock() - start)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
+        os.waitpid(pid, 0)
+    return (
+        statistics.median(parent_ns),
+        statistics.median(child_ns),
+        statistics.median(faults),
+    )
+
+
+def run(mode: str, generators: int, forks: int, draw: bool) -> tuple[float, ...]:
+    """Measure in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(generators), str(forks), str(int(draw))],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return tuple(float(figure) for figure in out.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
+    parser.add_argument("--forks", type=int, default=200, help="forks per run (200)")
+    parser.add_argument("--generators", type=int, default=10, help="tracked generators (10)")
+    parser.add_argument(
+        "--draw", action="store_true", help="the child draws from every generator before it reports"
+    )
+    parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        mode, generators, forks, draw = args.child
+        print(*measure(mode, int(generators), int(forks), draw == "1"))
+        return 0
+
+    n = args.generators
+    cases = [("bare", n), ("fresh", 0), ("fresh", n), ("derived", 0), ("derived", n)]
+    results: dict[tuple[str, int], list[tuple[float, ...]]] = {case: [] for case in cases}
+    shuffle = random.Random(0).shuffle
+    for _ in range(args.rounds):
+        order = list(cases)
+        shuffle(order)  # no case always runs right after another
+        for case in order:
+            results[case].append(run(case[0], case[1], args.forks, args.draw))
+
+    def median(case: tuple[str, int], figure: int) -> float:
+        return statistics.median(r[figure] for r in results[case])
+
+    import numpy
+
+    print(
+        f"CPython {sys.version.split()[0]}, numpy {numpy.__version__}, {args.rounds} rounds x "
+        f"{args.forks} forks, median of per-run medians (us)"
+        + (", the child draws from every generator" if args.draw else "")
+    )
+    print(f"{'case':<10}{'tracked':>8}{'parent':>10}{'child-ready':>13}{'faults':>8}")
+    for case in cases:
+        tracked = 0 if case[0] == "bare" else case[1]
+        print(
+            f"{case[0]:<10}{tracked:>8}{median(case, 0) / 1e3:>10.1f}"
+            f"{median(case, 1) / 1e3:>13.1f}{median(case, 2):>8.0f}"
+        )
+    print("\nratios vs the bare fork (parent, child-ready)")
+    for case in cases[1:]:
+        ratios = [median(case, f) / median(cases[0], f) for f in (0, 1)]
+        print(f"  {case[0]:<8} tracked={case[1]:<3} {ratios[0]:.3f}  {ratios[1]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
