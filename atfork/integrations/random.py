@@ -60,6 +60,15 @@ The derived scheme
     numpy's ``SeedSequence`` (checked against numpy by the tests), so
     programs without numpy are seeded the same way.
 
+Limits
+    Generators not given to :func:`track` (other than the globals above)
+    cannot be found, and are not reseeded. numpy before 2.3 uses a plain
+    ``Lock``, whose holder cannot be known: one the forking thread itself
+    holds across ``os.fork()`` is freed in the child too. torch's generator
+    mutex is C++ and cannot be re-created: if another thread was drawing
+    from torch's CPU generator at the fork, the child's reseed waits for it
+    forever, as the child's own next torch draw would.
+
 .. versionadded:: 0.1
 """
 
