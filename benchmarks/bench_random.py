@@ -22,16 +22,11 @@ median, with ratios against the bare fork. Run
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import resource
 import statistics
-import struct
-import subprocess
 import sys
-import time
 
-_STAMP = struct.Struct("!q")
+from fork_latency import run_fresh, time_forks  # this script's folder is on sys.path
 
 
 def measure(mode: str, generators: int, forks: int, draw: bool) -> tuple[float, float, float]:
@@ -47,40 +42,13 @@ def measure(mode: str, generators: int, forks: int, draw: bool) -> tuple[float, 
         atfork_random.enable(mode=mode, seed=1 if mode == "derived" else None)
         for rng in rngs:
             atfork_random.track(rng)
-    read, write = os.pipe()
-    clock = time.perf_counter_ns
-    parent_ns, child_ns, faults = [], [], []
-    for _ in range(forks):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = clock()
-        pid = os.fork()
-        if pid == 0:
-            if draw:
-                np.random.random()
-                for rng in rngs:
-                    rng.random()
-            os.write(write, _STAMP.pack(clock()))
-            os._exit(0)
-        parent_ns.append(clock() - start)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
-        os.waitpid(pid, 0)
-    return (
-        statistics.median(parent_ns),
-        statistics.median(child_ns),
-        statistics.median(faults),
-    )
 
+    def draw_once() -> None:
+        np.random.random()
+        for rng in rngs:
+            rng.random()
 
-def run(mode: str, generators: int, forks: int, draw: bool) -> tuple[float, ...]:
-    """Measure in a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(generators), str(forks), str(int(draw))],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return tuple(float(figure) for figure in out.split())
+    return time_forks(forks, draw_once if draw else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         order = list(cases)
         shuffle(order)  # no case always runs right after another
         for case in order:
-            results[case].append(run(case[0], case[1], args.forks, args.draw))
+            results[case].append(run_fresh(__file__, *case, args.forks, int(args.draw)))
 
     def median(case: tuple[str, int], figure: int) -> float:
         return statistics.median(r[figure] for r in results[case])

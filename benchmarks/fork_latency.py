@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import time
+from typing import Callable
 
 MODES = ("bare", "register_at_fork", "atfork")
 _STAMP = struct.Struct("!q")
@@ -50,6 +51,15 @@ def measure(mode: str, hooks: int, forks: int) -> tuple[float, float, float]:
         atfork.atfork(child=noop).unregister()
         for _ in range(hooks):
             atfork.atfork(noop, noop, noop)
+    return time_forks(forks)
+
+
+def time_forks(
+    forks: int, in_child: Callable[[], object] | None = None
+) -> tuple[float, float, float]:
+    """Fork ``forks`` times; return the median parent and child-ready
+    latencies (ns) and the parent's page faults per fork. The child calls
+    ``in_child`` (if given) before it reads the clock."""
     read, write = os.pipe()
     clock = time.perf_counter_ns
     parent_ns, child_ns, faults = [], [], []
@@ -58,12 +68,16 @@ def measure(mode: str, hooks: int, forks: int) -> tuple[float, float, float]:
         start = clock()
         pid = os.fork()
         if pid == 0:
+            if in_child is not None:
+                in_child()
             os.write(write, _STAMP.pack(clock()))
             os._exit(0)
         parent_ns.append(clock() - start)
         faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
         child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
         os.waitpid(pid, 0)
+    os.close(read)
+    os.close(write)
     return (
         statistics.median(parent_ns),
         statistics.median(child_ns),
@@ -71,15 +85,21 @@ def measure(mode: str, hooks: int, forks: int) -> tuple[float, float, float]:
     )
 
 
-def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
-    """Measure in a fresh interpreter."""
+def run_fresh(script: str, *args: object) -> tuple[float, ...]:
+    """Run ``script --child *args`` in a fresh interpreter; return the
+    figures it prints."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(hooks), str(forks)],
+        [sys.executable, script, "--child", *map(str, args)],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
     return tuple(float(figure) for figure in out.split())
+
+
+def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
+    """Measure in a fresh interpreter."""
+    return run_fresh(__file__, mode, hooks, forks)
 
 
 def main(argv: list[str] | None = None) -> int:
