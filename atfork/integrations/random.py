@@ -218,10 +218,11 @@ def disable() -> None:
 
     .. versionadded:: 0.1
     """
-    global _mode, _root, _pool
+    global _mode, _root, _pool, _key
     while _hooks:
         _hooks.pop().unregister()
     _mode = _root = _pool = None
+    _key = ()
     _pending.clear()
 
 
@@ -246,8 +247,9 @@ def root_seed() -> int | None:
 
 def spawn_key() -> tuple[int, ...]:
     """This process's place in the process tree of ``mode="derived"``:
-    ``()`` in the process that called :func:`enable`, its parent's key
-    followed by ``k`` in the ``k``-th child (counted from 0) of a process.
+    ``()`` in the process that called :func:`enable` (and when not in
+    derived mode), its parent's key followed by ``k`` in the ``k``-th child
+    (counted from 0) of a process.
 
     .. versionadded:: 0.1
     """

@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import json
 import random
+import re
 import textwrap
 import threading
 import weakref
@@ -110,7 +111,7 @@ def test_bad_options_are_refused(
     options: dict[str, Any], error: type[Exception], message: str
 ) -> None:
     """Bad options raise at enable(), and leave the integration disabled."""
-    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(error, match=re.escape(message)):
         atfork_random.enable(**options)
     assert not atfork_random.is_enabled()
 
@@ -467,6 +468,7 @@ def test_children_of_concurrent_forks_get_distinct_keys() -> None:
         thread.join()
     assert [(k,) for k in range(20)] == sorted(keys)
     assert () == atfork_random.spawn_key()
+    assert [(20,)] == [tuple(run_in_child(atfork_random.spawn_key))]
 
 
 # -- what enabling imports ----------------------------------------------------------
