@@ -65,9 +65,12 @@ Limits
     cannot be found, and are not reseeded. numpy before 2.3 uses a plain
     ``Lock``, whose holder cannot be known: one the forking thread itself
     holds across ``os.fork()`` is freed in the child too. torch's generator
-    mutex is C++ and cannot be re-created: if another thread was drawing
-    from torch's CPU generator at the fork, the child's reseed waits for it
-    forever, as the child's own next torch draw would.
+    mutex is C++ and cannot be re-created or tried: had another thread been
+    drawing from torch's CPU generator at the fork, reseeding it would wait
+    forever, in every child, even one that never uses torch. So torch is
+    reseeded only in the child of a process whose forking thread was its
+    only thread (prepare counts them); otherwise the child keeps its
+    parent's torch stream, and should seed torch itself.
 
 .. versionadded:: 0.1
 """
@@ -79,6 +82,7 @@ import operator
 import os
 import random
 import sys
+import threading
 import weakref
 from _thread import get_ident
 from typing import Any, Callable
@@ -125,6 +129,10 @@ _children = itertools.count()
 # The index of the child being forked, by forking thread, from prepare to
 # parent or child: two threads may fork at once.
 _pending: dict[int, int] = {}
+# Whether the forking thread had company at the fork, by forking thread,
+# while torch is imported (the parent keeps one entry per thread that forks:
+# no parent callback is spent on removing it).
+_not_alone: dict[int, bool] = {}
 
 
 class _Tracked:
@@ -204,6 +212,7 @@ def enable(*, mode: str = "fresh", seed: int | None = None) -> None:
     else:
         _hooks.append(
             atfork.atfork(
+                prepare=_count_threads,
                 child=_fresh_child,
                 priority=PRIORITY_RANDOM,
                 name="atfork.integrations.random (fresh)",
@@ -346,6 +355,14 @@ def _check_bit_generator(np_random: Any, bit_generator: Any) -> None:
 
 def _derived_prepare() -> None:
     _pending[get_ident()] = next(_children)
+    _count_threads()
+
+
+def _count_threads() -> None:
+    """Note whether the forking thread is alone: only then can the child
+    reseed torch (see "Limits" above). Counted only if torch is imported."""
+    if "torch" in sys.modules:
+        _not_alone[get_ident()] = len(threading._active) > 1  # type: ignore[attr-defined]
 
 
 def _derived_parent() -> None:
@@ -408,7 +425,9 @@ def _reseed(
     if legacy is not None:
         _reseed_random_state(np_random, legacy, words, sequence, _STREAM_NUMPY)
     generator = getattr(sys.modules.get("torch"), "default_generator", None)
-    if generator is not None:
+    not_alone = _not_alone.pop(get_ident(), True)
+    _not_alone.clear()  # forks of other threads of the parent: not in this process
+    if generator is not None and not not_alone:
         seed_words = words(_STREAM_TORCH)
         generator.manual_seed(seed_words[0] | seed_words[1] << 32)
     for entry in tracked:

@@ -86,3 +86,54 @@ if HAVE_TORCH:
         else:
             assert first != second
             assert 1 == len(set(first))
+
+
+_BUSY_THREAD = """\
+import threading, torch
+import atfork.integrations.random as atfork_random
+from atfork.testing import run_in_child, ChildTimeoutError
+
+if WITH_ATFORK:
+    atfork_random.enable()
+
+stop = threading.Event()
+
+def draw_until_stopped():
+    while not stop.is_set():
+        torch.rand(100000)
+
+drawing = threading.Thread(target=draw_until_stopped)
+drawing.start()
+outcomes = []
+for _ in range(20):  # the mutex is held part of the time: about one fork in three
+    try:
+        outcomes.append(run_in_child(lambda: "exited", timeout=TIMEOUT))
+    except ChildTimeoutError:
+        outcomes.append("hung")
+stop.set()
+drawing.join()  # a thread still in torch at exit makes the C++ runtime abort
+print(outcomes)
+"""
+
+
+if HAVE_TORCH:
+
+    def test_torch_reseed_never_hangs_a_child_while_another_thread_draws() -> None:
+        """A thread drawing from torch at the fork may hold its generator's
+        mutex; the integration then leaves torch alone rather than hang the
+        child (which here never uses torch)."""
+        result = run_python("WITH_ATFORK = True; TIMEOUT = 10\n" + _BUSY_THREAD, timeout=300)
+        assert (0, repr(["exited"] * 20) + "\n") == (result.returncode, result.stdout), (
+            result.stderr
+        )
+
+    def test_a_naive_torch_reseed_hangs_children() -> None:
+        """The hazard the thread count avoids: a child callback that reseeds
+        torch while another thread draws from it hangs children that never
+        use torch."""
+        naive = "import atfork\natfork.atfork(child=lambda: torch.default_generator.manual_seed(1))"
+        source = "WITH_ATFORK = False; TIMEOUT = 2\n" + _BUSY_THREAD.replace(
+            "if WITH_ATFORK:", naive + "\nif WITH_ATFORK:"
+        )
+        result = run_python(source, timeout=300)
+        assert "hung" in result.stdout, (result.stdout, result.stderr)
