@@ -59,12 +59,15 @@ covers, without tracking, what can be found at fork time. Both register one
 :func:`atfork.atfork` hook at :data:`~atfork.integrations.PRIORITY_THREADING`.
 
 prepare
-    For each tracked object's lock, without ever waiting: a lock the
-    forking thread owns (an RLock's owner is known) is left as it is; a free
-    lock is acquired (non-blocking) and held across the fork, so that no
-    thread can be half way through the state it protects; a lock another
-    thread holds is noted, to be re-initialised in the child. With
-    ``enable(warn=True)`` it also notes the other threads alive.
+    For each tracked object's lock, one non-blocking ``acquire(False)``,
+    never a wait. A free lock is acquired and held across the fork, so that
+    no thread can be half way through the state it protects; an RLock the
+    forking thread owns is acquired once more the same way, and keeps its
+    owner and count. A lock another thread holds is noted, to be
+    re-initialised in the child. A plain Lock records no owner: one that is
+    held while no other thread is alive is the forking thread's own, and is
+    left as it is. With ``enable(warn=True)`` prepare also notes the other
+    threads alive.
 parent
     Releases the locks prepare acquired; with ``warn=True`` emits
     :class:`ForkWithThreadsWarning` if other threads were alive.
@@ -80,8 +83,8 @@ child
     loop its own selector and self-pipe.
 
 The private CPython names relied upon are read from the standard library's
-sources of 3.9 to 3.13, where they are unchanged: ``_at_fork_reinit()`` and
-``RLock._is_owned()``; the attributes ``Condition._lock`` and ``_waiters``,
+sources of 3.9 to 3.13, where they are unchanged: ``_at_fork_reinit()`` of
+Lock and RLock; the attributes ``Condition._lock`` and ``_waiters``,
 ``Semaphore._cond`` and ``_value``, ``BoundedSemaphore._initial_value``,
 ``Event._cond``, ``Queue.mutex``, ``not_empty``, ``not_full`` and
 ``all_tasks_done``, ``ThreadPoolExecutor._shutdown_lock``, ``_work_queue``,
@@ -667,15 +670,12 @@ def _prepare() -> None:
                 continue
             kind = entry.kind
             lock = obj if kind.lock_of is None else kind.lock_of(obj)
-            if kind.reentrant:
-                if lock._is_owned():
-                    pass  # the forking thread's own: left as it is, owner and count
-                elif lock.acquire(False):
-                    held.append(lock)
-                else:
-                    fork.busy.append((entry, obj, lock))
-            elif lock.acquire(False):
+            if lock.acquire(False):
+                # Free, or an RLock the forking thread owns: acquired once
+                # more and released after the fork, it keeps owner and count.
                 held.append(lock)
+            elif kind.reentrant:
+                fork.busy.append((entry, obj, lock))  # owned by another thread
             elif not _held_by(lock, held):  # (a lock tracked twice is ours already)
                 # A plain lock has no owner. With no other thread alive it
                 # can only be the forking thread's (or a dead thread's, and
