@@ -660,6 +660,10 @@ def _prepare() -> None:
     if not entries and not _enabled:
         return
     me = get_ident()
+    if me in _forks:
+        # Registered twice (two threads made the first track() at once):
+        # this fork is handled already, and the locks it holds are its own.
+        return
     fork = _Fork()
     held = fork.held
     alone: bool | None = None

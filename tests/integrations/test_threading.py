@@ -219,6 +219,24 @@ def test_fork_inside_with_lock() -> None:
     assert (True, False) == run_in_child(child)
 
 
+def test_plain_lock_of_the_forking_thread_with_other_threads_alive() -> None:
+    """The documented limit: a plain Lock records no owner, so while other
+    threads are alive one the forking thread holds counts as theirs. The
+    child gets it free, reported reset, and releasing it again fails."""
+    lock = track(threading.Lock())
+
+    def leave_the_block() -> tuple[bool, str]:
+        try:
+            lock.release()
+        except RuntimeError as exc:
+            return was_reset(lock), str(exc)
+        return was_reset(lock), "released"
+
+    with Holder(threading.Lock()), lock:
+        seen = run_in_child(leave_the_block)
+    assert (True, "release unlocked lock") == seen
+
+
 def test_fork_inside_rlock_acquired_twice() -> None:
     """An RLock the forking thread acquired twice keeps its owner and count
     in the child: two releases succeed and a third raises."""
@@ -287,6 +305,30 @@ def test_a_failed_prepare_gives_the_locks_back(unraisable: list[Any]) -> None:
         untrack(condition)
     assert lock.acquire(False)
     assert [AttributeError] == [type(report.exc_value) for report in unraisable]
+
+
+def test_untracked_objects_are_left_alone() -> None:
+    """After untrack() the fork no longer touches the lock."""
+    lock = track(threading.Lock())
+    untrack(lock)
+    untrack(lock)
+    with Holder(lock):
+        assert not run_in_child(lambda: lock.acquire(False))
+
+
+def test_a_second_registration_of_the_hook_is_harmless() -> None:
+    """Two registrations (a race of two first track() calls) handle each
+    fork once: a free lock is not mistaken for another thread's."""
+    lock = track(threading.Lock())
+    atfork.atfork(
+        atfork_threading._prepare,
+        atfork_threading._parent,
+        atfork_threading._child,
+        priority=atfork.integrations.PRIORITY_THREADING,
+    )
+    with Holder(threading.Lock()):
+        assert (True, False) == run_in_child(lambda: (lock.acquire(False), was_reset(lock)))
+    assert lock.acquire(False)
 
 
 # -- Notification -------------------------------------------------------------
