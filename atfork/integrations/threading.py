@@ -462,7 +462,7 @@ def track(obj: T, *, on_reset: Callable[[T], object] | None = None) -> T:
         _ensure_hook()
     if on_reset is not None:
         entry.on_reset = _hold_on_reset(on_reset)
-        if entry.hook is None:
+        if entry.hook is None or not entry.hook.active:
             # Registered after the main hook, at the same priority: in the
             # child it runs right after the repairs.
             entry.hook = atfork.atfork(
@@ -809,6 +809,8 @@ def _repair_mp_queues(me: int) -> None:
 
 
 def _repair_loops(me: int) -> None:
+    if not _loops:
+        return
     for loop in list(_loops):
         if loop.is_closed() or loop._thread_id not in (None, me):
             continue  # a loop running in another thread cannot be used here
