@@ -279,6 +279,22 @@ class _Kind:
         self.repair = repair
 
 
+# One _Kind per way of handling, shared by the entries: each object a fork
+# reads is a page it may have to copy (see _prepare).
+_kinds: dict[tuple[str | None, bool, Callable[[Any, int], bool] | None], _Kind] = {}
+
+
+def _shared_kind(
+    lock_path: str | None, reentrant: bool, repair: Callable[[Any, int], bool] | None
+) -> _Kind:
+    key = (lock_path, reentrant, repair)
+    kind = _kinds.get(key)
+    if kind is None:
+        lock_of = None if lock_path is None else attrgetter(lock_path)
+        kind = _kinds.setdefault(key, _Kind(lock_of, reentrant, repair))
+    return kind
+
+
 _SUPPORTED = (
     "threading.Lock, RLock, Condition, Semaphore, BoundedSemaphore and Event, "
     "queue.Queue and concurrent.futures.ThreadPoolExecutor"
@@ -288,31 +304,31 @@ _SUPPORTED = (
 def _kind(obj: object) -> _Kind:
     """How ``obj`` is handled, or TypeError if it cannot be tracked."""
     if isinstance(obj, _LOCK):
-        return _Kind(None, False, None)
+        return _shared_kind(None, False, None)
     if isinstance(obj, _RLOCKS):
-        return _Kind(None, True, None)
-    lock_of: Callable[[Any], Any]
+        return _shared_kind(None, True, None)
+    lock_path: str
     repair: Callable[[Any, int], bool]
     queue = sys.modules.get("queue")
     executors = sys.modules.get("concurrent.futures.thread")
     if isinstance(obj, threading.Condition):
-        lock_of, repair = attrgetter("_lock"), _repair_condition
+        lock_path, repair = "_lock", _repair_condition
     elif isinstance(obj, threading.Semaphore):
-        lock_of, repair = attrgetter("_cond._lock"), _repair_semaphore
+        lock_path, repair = "_cond._lock", _repair_semaphore
     elif isinstance(obj, threading.Event):
-        lock_of, repair = attrgetter("_cond._lock"), _repair_event
+        lock_path, repair = "_cond._lock", _repair_event
     elif queue is not None and isinstance(obj, queue.Queue):
-        lock_of, repair = attrgetter("mutex"), _repair_queue
+        lock_path, repair = "mutex", _repair_queue
     elif executors is not None and isinstance(obj, executors.ThreadPoolExecutor):
-        lock_of, repair = attrgetter("_shutdown_lock"), _repair_executor
+        lock_path, repair = "_shutdown_lock", _repair_executor
     else:
         cls = type(obj)
         raise TypeError(f"track() takes a {_SUPPORTED}, not {cls.__module__}.{cls.__qualname__}")
-    lock = lock_of(obj)
+    lock = attrgetter(lock_path)(obj)
     if isinstance(lock, _LOCK):
-        return _Kind(lock_of, False, repair)
+        return _shared_kind(lock_path, False, repair)
     if isinstance(lock, _RLOCKS):
-        return _Kind(lock_of, True, repair)
+        return _shared_kind(lock_path, True, repair)
     cls = type(lock)
     raise TypeError(
         f"track() needs the lock of {type(obj).__name__} to be a threading.Lock or RLock, "
