@@ -99,14 +99,9 @@ def measure(mode: str, locks: int, forks: int) -> tuple[float, float, float]:
 
 
 def run(mode: str, locks: int, forks: int) -> tuple[float, ...]:
-    """Measure in a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(locks), str(forks)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return tuple(float(figure) for figure in out.split())
+    """Measure in a fresh interpreter: this script, in ``--child`` mode."""
+    argv = [sys.executable, __file__, "--child", mode, str(locks), str(forks)]
+    return tuple(map(float, subprocess.check_output(argv, text=True).split()))
 
 
 def main(argv: list[str] | None = None) -> int:
