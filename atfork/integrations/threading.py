@@ -16,6 +16,9 @@ memory (bpo-6721, open since 2009):
   deadlocks on lock order (reverted in CPython, bpo-36533).
 * Semaphore permits held by other threads are never returned: a
   ``Semaphore(1)`` a worker held is empty for ever in the child.
+* ``Condition.notify()`` (and so ``Queue.put()``) wakes the first
+  registered waiter: a thread of the parent, absent in the child, so the
+  child's own waiting thread sleeps on.
 * A :class:`concurrent.futures.ThreadPoolExecutor` used before the fork
   counts the parent's idle workers in its idle semaphore (3.8+): the
   child's ``submit()`` believes a worker is idle, starts none, and the work
