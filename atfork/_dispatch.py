@@ -3,11 +3,13 @@
 ``os.register_at_fork`` runs ``before`` callbacks last-registered-first and
 ``after_in_*`` callbacks first-registered-first. The standard library
 registers its own (``threading`` and ``logging`` reinitialise their locks in
-the child, ``random`` reseeds) when those modules are imported, so this module
-imports them before it registers: every atfork ``child`` callback then runs
-after the standard library's child reinitialisation, and every ``prepare``
-callback before ``logging`` takes its module lock, whatever the program's
-import order.
+the child, ``random`` reseeds, ``concurrent.futures.thread`` holds its global
+shutdown lock across the fork) when those modules are imported, so this
+module imports them before it registers: every atfork ``child`` callback
+then runs after the standard library's child reinitialisation, and every
+``prepare`` callback before ``logging`` and ``concurrent.futures`` take their
+locks (a prepare callback may log, or submit work to a thread pool),
+whatever the program's import order.
 
 A fork's state lives in ``_forks`` under the forking thread's id, from the
 prepare phase to the parent or child phase: two threads may be in their
@@ -16,6 +18,7 @@ prepare phases at once. No phase takes a lock.
 
 from __future__ import annotations
 
+import concurrent.futures.thread  # noqa: F401  (imported for its at-fork hooks, see above)
 import contextlib
 import logging  # noqa: F401  (imported for its at-fork hooks, see above)
 import os

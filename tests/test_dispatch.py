@@ -200,31 +200,52 @@ def test_callbacks_may_register_and_unregister(unraisable: list[Any]) -> None:
     assert [] == unraisable
 
 
-def test_fork_inside_prepare_does_not_recurse() -> None:
-    """A fork started from a prepare callback runs no atfork callbacks at all."""
+def fork_inside_prepare() -> tuple[list[list[str]], list[str], list[str]]:
     calls: list[str] = []
     inner_child_calls: list[list[str]] = []
 
     def prepare() -> None:
         calls.append("prepare")
         if len(calls) == 1:
-            read, write = os.pipe()
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
-                os.write(write, repr(calls).encode())
-                os._exit(0)
-            os.close(write)
-            inner_child_calls.append(eval(os.read(read, 1000)))
-            os.close(read)
-            assert 0 == wait_child(pid, timeout=10)
+            inner_child_calls.append(run_in_child(lambda: list(calls), timeout=10))
 
     atfork.atfork(
         prepare=prepare, parent=lambda: calls.append("parent"), child=lambda: calls.append("child")
     )
-    child_calls = run_in_child(lambda: list(calls))
+    child_calls = run_in_child(lambda: list(calls), timeout=20)
+    return inner_child_calls, child_calls, calls
+
+
+def test_fork_inside_prepare_does_not_recurse() -> None:
+    """A fork started from a prepare callback runs no atfork callbacks at all.
+    (In a child: a before-fork hook of another module taking a lock would make
+    such a fork wait for ever, and this test must not hang the run.)"""
+    inner_child_calls, child_calls, calls = run_in_child(fork_inside_prepare, timeout=60)
     assert [["prepare"]] == inner_child_calls
     assert ["prepare", "child"] == child_calls
     assert ["prepare", "parent"] == calls
+
+
+PREPARE_USES_AN_EXECUTOR = """
+import atfork
+from atfork.testing import run_in_child
+def prepare():
+    # Submitting takes concurrent.futures' global shutdown lock, which its own
+    # before-fork hook holds during the fork.
+    print(executor.submit(lambda: "submitted").result(), flush=True)
+atfork.atfork(prepare=prepare)
+import concurrent.futures  # imported after atfork, as programs do
+executor = concurrent.futures.ThreadPoolExecutor(1)
+run_in_child(lambda: None, timeout=10)
+print("forked", flush=True)
+"""
+
+
+def test_prepare_runs_before_concurrent_futures_takes_its_lock() -> None:
+    """A prepare callback may use a thread pool, whatever the import order: it
+    runs before concurrent.futures' own before-fork hook takes its lock."""
+    result = run_python(PREPARE_USES_AN_EXECUTOR, timeout=30)
+    assert (0, "submitted\nforked\n") == (result.returncode, result.stdout), result.stderr
 
 
 def test_fork_inside_child_callback_is_a_full_cycle() -> None:

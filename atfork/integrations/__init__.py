@@ -30,7 +30,7 @@ __all__ = [
 
 #: The built-in integrations, by name: each is the module
 #: ``atfork.integrations.NAME``.
-BUILTIN: tuple[str, ...] = ("random",)
+BUILTIN: tuple[str, ...] = ("random", "threading")
 
 ENTRY_POINT_GROUP = "atfork.integrations"
 

@@ -1,0 +1,868 @@
+"""Locks, semaphores, queues, executors, imports and event loops across fork.
+
+What breaks after fork without it
+=================================
+
+Only the forking thread exists in the child. Whatever another thread was
+doing at that instant stays frozen, half done, in the child's copy of
+memory (bpo-6721, open since 2009):
+
+* A :class:`threading.Lock` or :class:`~threading.RLock` another thread held
+  is locked for ever: the child's first ``acquire()`` hangs. The same holds
+  for the lock inside a :class:`~threading.Condition`, an
+  :class:`~threading.Event`, a :class:`queue.Queue`, a
+  :class:`~threading.Semaphore`. Acquiring every lock before the fork (the
+  python-atfork recipe, and CPython 3.7.0's logging) makes fork wait, and
+  deadlocks on lock order (reverted in CPython, bpo-36533).
+* Semaphore permits held by other threads are never returned: a
+  ``Semaphore(1)`` a worker held is empty for ever in the child.
+* ``Condition.notify()`` (and so ``Queue.put()``) wakes the first
+  registered waiter: a thread of the parent, absent in the child, so the
+  child's own waiting thread sleeps on.
+* A :class:`concurrent.futures.ThreadPoolExecutor` used before the fork
+  counts the parent's idle workers in its idle semaphore (3.8+): the
+  child's ``submit()`` believes a worker is idle, starts none, and the work
+  never runs.
+* A :class:`multiprocessing.Queue` already used has a feeder thread: after a
+  plain :func:`os.fork` the child's queue still believes it has one, so
+  ``put()`` buffers the item and nothing ever sends it. Its repair,
+  ``Queue._after_fork``, runs only in multiprocessing's own children.
+* A module another thread was importing keeps its per-module import lock
+  (``importlib._bootstrap._ModuleLock``) owned by that thread, and stays
+  half executed in :data:`sys.modules`: the child's ``import`` of it hangs.
+* An asyncio selector event loop shares its epoll set (a kernel object)
+  with the parent (bpo-21998): a child that closes its copy of the loop
+  unregisters the parent's self-pipe from the parent's epoll set, and the
+  parent's ``call_soon_threadsafe()`` no longer wakes its loop; both
+  processes read the same self-pipe, and on 3.9 - 3.11 the child's signals
+  are written to the parent's loop.
+
+What the standard library already does (3.9 - 3.13)
+===================================================
+
+* :mod:`threading` re-initialises its own internal locks in the child and
+  marks the other threads' :class:`~threading.Thread` objects stopped; it
+  never touches user locks. Lock, RLock, Condition and Event have a private
+  ``_at_fork_reinit()`` from 3.9 on (bpo-40089), which the standard library
+  uses for its own locks.
+* The global import lock is re-initialised in the child; the per-module
+  locks are not.
+* :mod:`concurrent.futures` re-initialises its module-wide shutdown lock
+  (bpo-45021; 3.9.8+) but not an executor's state.
+* :mod:`multiprocessing` repairs its objects only in its own children.
+* asyncio, from 3.12 on (gh-66285), forgets the running loop and the
+  policy's loop in the child and clears the signal wake-up fd; an inherited
+  loop object still shares its epoll set and self-pipe with the parent.
+
+What this module does
+=====================
+
+:func:`track` makes the objects it is given fork-safe; :func:`enable`
+covers, without tracking, what can be found at fork time. Both register one
+:func:`atfork.atfork` hook at :data:`~atfork.integrations.PRIORITY_THREADING`.
+
+prepare
+    For each tracked object's lock, one non-blocking ``acquire(False)``,
+    never a wait. A free lock is acquired and held across the fork, so that
+    no thread can be half way through the state it protects; an RLock the
+    forking thread owns is acquired once more the same way, and keeps its
+    owner and count. A lock another thread holds is noted, to be
+    re-initialised in the child. A plain Lock records no owner: one that is
+    held while no other thread is alive is the forking thread's own, and is
+    left as it is. With ``enable(warn=True)`` prepare also notes the other
+    threads alive.
+parent
+    Releases the locks prepare acquired; with ``warn=True`` emits
+    :class:`ForkWithThreadsWarning` if other threads were alive.
+child
+    Releases the locks prepare acquired and re-initialises
+    (``_at_fork_reinit()``) the locks other threads held, and marks those
+    objects reset (see :func:`was_reset` and ``track(on_reset=...)``).
+    Forgets the waiters of conditions (their threads are gone), returns the
+    semaphore permits of other threads, gives executors an empty work queue
+    and no threads. With :func:`enable`: drops the import locks of the
+    other threads and the modules they were half way through importing,
+    re-arms used multiprocessing queues, and gives each inherited asyncio
+    loop its own selector and self-pipe.
+
+The private CPython names relied upon are read from the standard library's
+sources of 3.9 to 3.13, where they are unchanged: ``_at_fork_reinit()`` of
+Lock and RLock; the attributes ``Condition._lock`` and ``_waiters``,
+``Semaphore._cond`` and ``_value``, ``BoundedSemaphore._initial_value``,
+``Event._cond``, ``Queue.mutex``, ``not_empty``, ``not_full`` and
+``all_tasks_done``, ``ThreadPoolExecutor._shutdown_lock``, ``_work_queue``,
+``_idle_semaphore`` and ``_threads``; ``threading._active``;
+``importlib._bootstrap._module_locks`` and ``_blocking_on`` and the
+``owner``, ``lock``, ``wakeup`` and ``waiters`` of a ``_ModuleLock``;
+``multiprocessing.util._afterfork_registry`` and ``Queue._after_fork``;
+``BaseSelectorEventLoop._selector``, ``_csock``, ``_thread_id``,
+``_close_self_pipe()`` and ``_make_self_pipe()``.
+
+.. versionadded:: 0.1
+"""
+
+from __future__ import annotations
+
+import functools
+import gc
+import signal
+import sys
+import threading
+import types
+import warnings
+import weakref
+from _thread import get_ident
+from operator import attrgetter
+from types import ModuleType
+from typing import Any, Callable, TypeVar
+
+import atfork
+from atfork.integrations import PRIORITY_THREADING
+from atfork.integrations._imports import when_imported
+
+__all__ = [
+    "ForkWithThreadsWarning",
+    "disable",
+    "enable",
+    "is_enabled",
+    "track",
+    "untrack",
+    "was_reset",
+]
+
+T = TypeVar("T")
+
+
+class ForkWithThreadsWarning(atfork.AtforkWarning):
+    """A process forked while other threads were alive.
+
+    Emitted in the parent, after the fork, when :func:`enable` was given
+    ``warn=True``. The message names the other threads and the tracked
+    objects one of them held, which the child re-initialised.
+
+    .. versionadded:: 0.1
+    """
+
+    __module__ = "atfork.integrations.threading"
+
+
+# -- What track() accepts, and how each type is handled ---------------------
+
+_LOCK: type = type(threading.Lock())
+_RLOCKS: tuple[type, ...] = tuple(
+    {type(threading.RLock()), getattr(threading, "_PyRLock", type(threading.RLock()))}
+)
+
+
+def _clear_waiters(condition: Any) -> None:
+    # The waiters are threads of the parent: none exists in the child, and a
+    # notify() spent on one would wake nobody.
+    condition._waiters.clear()
+
+
+def _repair_condition(condition: Any, me: int) -> bool:
+    _clear_waiters(condition)
+    return False
+
+
+def _repair_event(event: Any, me: int) -> bool:
+    _clear_waiters(event._cond)
+    return False
+
+
+def _repair_queue(queue: Any, me: int) -> bool:
+    for condition in (queue.not_empty, queue.not_full, queue.all_tasks_done):
+        _clear_waiters(condition)
+    return False
+
+
+def _repair_executor(executor: Any, me: int) -> bool:
+    # The parent's workers do not exist here. The work they had queued runs
+    # in the parent, once: the child starts over with an empty queue, no
+    # threads, and no idle-worker permits (which would stop submit() from
+    # starting a worker).
+    executor._work_queue = type(executor._work_queue)()
+    executor._idle_semaphore = threading.Semaphore(0)
+    executor._threads = set()
+    return False
+
+
+# A tracked semaphore counts, per thread, the permits it holds: acquisitions
+# minus releases. Its class is swapped for a subclass (same name, same
+# layout) whose ``_value`` is a property over one instance attribute holding
+# ``(value, {thread ident: permits held})``. The stdlib changes ``_value``
+# only while holding the semaphore's condition, and each change is one store
+# here, so a fork never sees the value and its owners disagree.
+_SEMAPHORE_STATE = "_atfork_state"
+_counting_classes: dict[type, type] = {}
+
+
+def _get_value(semaphore: Any) -> int:
+    value: int = semaphore.__dict__[_SEMAPHORE_STATE][0]
+    return value
+
+
+def _set_value(semaphore: Any, value: int) -> None:
+    state = semaphore.__dict__
+    old, held = state[_SEMAPHORE_STATE]
+    ident = get_ident()
+    held = held.copy()
+    count = held.get(ident, 0) + old - value
+    if count:
+        held[ident] = count
+    else:
+        held.pop(ident, None)
+    state[_SEMAPHORE_STATE] = (value, held)
+
+
+def _counting_class(cls: type) -> type:
+    counting = _counting_classes.get(cls)
+    if counting is None:
+        counting = type(
+            cls.__name__,
+            (cls,),
+            {
+                "__slots__": (),
+                "__module__": cls.__module__,
+                "__qualname__": cls.__qualname__,
+                "__doc__": cls.__doc__,
+                "_value": property(_get_value, _set_value),
+            },
+        )
+        counting = _counting_classes.setdefault(cls, counting)
+    return counting
+
+
+def _count_permits(semaphore: Any) -> None:
+    state = semaphore.__dict__
+    if _SEMAPHORE_STATE not in state:
+        # Permits taken before this point have no known owner: never returned.
+        state[_SEMAPHORE_STATE] = (state.pop("_value"), {})
+        semaphore.__class__ = _counting_class(type(semaphore))
+
+
+def _stop_counting(semaphore: Any) -> None:
+    state = semaphore.__dict__
+    if _SEMAPHORE_STATE in state:
+        semaphore.__class__ = type(semaphore).__mro__[1]
+        state["_value"] = state.pop(_SEMAPHORE_STATE)[0]
+
+
+def _repair_semaphore(semaphore: Any, me: int) -> bool:
+    _clear_waiters(semaphore._cond)
+    state = semaphore.__dict__
+    value, held = state[_SEMAPHORE_STATE]
+    mine = held.get(me, 0)
+    # Summed over the other threads, so a permit one thread acquired and
+    # another released (a hand-off, a signal) is not returned twice.
+    others: int = sum(count for ident, count in held.items() if ident != me)
+    if others > 0:
+        value += others
+        bound = getattr(semaphore, "_initial_value", None)
+        if bound is not None:
+            value = min(value, bound)
+    state[_SEMAPHORE_STATE] = (value, {me: mine} if mine else {})
+    return others > 0
+
+
+class _Kind:
+    """How one tracked object is handled at fork: where its lock is, whether
+    that lock is reentrant, and what else the child repairs."""
+
+    __slots__ = ("lock_of", "reentrant", "repair")
+
+    def __init__(
+        self,
+        lock_of: Callable[[Any], Any] | None,
+        reentrant: bool,
+        repair: Callable[[Any, int], bool] | None,
+    ) -> None:
+        self.lock_of = lock_of
+        self.reentrant = reentrant
+        self.repair = repair
+
+
+# One _Kind per way of handling, shared by the entries: each object a fork
+# reads is a page it may have to copy (see _prepare).
+_kinds: dict[tuple[str | None, bool, Callable[[Any, int], bool] | None], _Kind] = {}
+
+
+def _shared_kind(
+    lock_path: str | None, reentrant: bool, repair: Callable[[Any, int], bool] | None
+) -> _Kind:
+    key = (lock_path, reentrant, repair)
+    kind = _kinds.get(key)
+    if kind is None:
+        lock_of = None if lock_path is None else attrgetter(lock_path)
+        kind = _kinds.setdefault(key, _Kind(lock_of, reentrant, repair))
+    return kind
+
+
+_SUPPORTED = (
+    "threading.Lock, RLock, Condition, Semaphore, BoundedSemaphore and Event, "
+    "queue.Queue and concurrent.futures.ThreadPoolExecutor"
+)
+
+
+def _kind(obj: object) -> _Kind:
+    """How ``obj`` is handled, or TypeError if it cannot be tracked."""
+    if isinstance(obj, _LOCK):
+        return _shared_kind(None, False, None)
+    if isinstance(obj, _RLOCKS):
+        return _shared_kind(None, True, None)
+    lock_path: str
+    repair: Callable[[Any, int], bool]
+    queue = sys.modules.get("queue")
+    executors = sys.modules.get("concurrent.futures.thread")
+    if isinstance(obj, threading.Condition):
+        lock_path, repair = "_lock", _repair_condition
+    elif isinstance(obj, threading.Semaphore):
+        lock_path, repair = "_cond._lock", _repair_semaphore
+    elif isinstance(obj, threading.Event):
+        lock_path, repair = "_cond._lock", _repair_event
+    elif queue is not None and isinstance(obj, queue.Queue):
+        lock_path, repair = "mutex", _repair_queue
+    elif executors is not None and isinstance(obj, executors.ThreadPoolExecutor):
+        lock_path, repair = "_shutdown_lock", _repair_executor
+    else:
+        cls = type(obj)
+        raise TypeError(f"track() takes a {_SUPPORTED}, not {cls.__module__}.{cls.__qualname__}")
+    lock = attrgetter(lock_path)(obj)
+    if isinstance(lock, _LOCK):
+        return _shared_kind(lock_path, False, repair)
+    if isinstance(lock, _RLOCKS):
+        return _shared_kind(lock_path, True, repair)
+    cls = type(lock)
+    raise TypeError(
+        f"track() needs the lock of {type(obj).__name__} to be a threading.Lock or RLock, "
+        f"not {cls.__module__}.{cls.__qualname__}"
+    )
+
+
+# -- The tracked objects ----------------------------------------------------
+
+
+class _Entry:
+    """One tracked object, held by weak reference."""
+
+    __slots__ = ("__weakref__", "hook", "kind", "on_reset", "ref", "reset_in")
+
+    ref: weakref.ref[Any]
+    kind: _Kind
+    #: The ``on_reset`` callback (or a weak reference to a bound method).
+    on_reset: Callable[[], Callable[[Any], object] | None] | None
+    #: Its own atfork hook, which calls ``on_reset`` in the child.
+    hook: atfork.Hook | None
+    #: The process generation (see ``_generation``) in which the child phase
+    #: reset this object; -1 if never.
+    reset_in: int
+
+
+# Tracked objects by id(). Mutations are single dict operations followed by
+# dropping the cached snapshot, which the prepare phase rebuilds: no lock, so
+# a weak reference callback run in the middle of a fork cannot deadlock.
+_entries: dict[int, _Entry] = {}
+_version = 0
+_snapshot: tuple[_Entry, ...] | None = None
+
+#: How many forks made this process: 0 in the original process, one more in
+#: each child. An object reset by the child phase records the value, and
+#: ``was_reset()`` compares: a grandchild does not inherit the answer.
+_generation = 0
+
+
+def _changed() -> None:
+    global _version, _snapshot
+    _version += 1
+    _snapshot = None
+
+
+def _rebuild() -> tuple[_Entry, ...]:
+    global _snapshot
+    while True:
+        version = _version
+        snapshot = _snapshot = tuple(_entries.copy().values())
+        if version == _version:  # else a change raced with the copy: redo it
+            return snapshot
+
+
+def _forget(key: int, ref: weakref.ref[Any]) -> None:
+    """Weak reference callback: the object died."""
+    entry = _entries.get(key)
+    if entry is not None and entry.ref is ref:
+        del _entries[key]
+        _changed()
+        if entry.hook is not None:
+            entry.hook.unregister()
+
+
+def _tracked(obj: object) -> _Entry | None:
+    entry = _entries.get(id(obj))
+    return entry if entry is not None and entry.ref() is obj else None
+
+
+def _hold_on_reset(func: Callable[[T], object]) -> Callable[[], Callable[[T], object] | None]:
+    # A bound method is held weakly: ``track(self._lock, on_reset=self.clear)``
+    # must not keep ``self`` (and so the lock) alive for ever.
+    if isinstance(func, types.MethodType):
+        return weakref.WeakMethod(func)
+    return lambda: func
+
+
+def _notify(entry: _Entry) -> None:
+    """Child callback of an object with ``on_reset``."""
+    if entry.reset_in != _generation or entry.on_reset is None:
+        return
+    obj = entry.ref()
+    func = entry.on_reset()
+    if obj is not None and func is not None:
+        func(obj)
+
+
+def track(obj: T, *, on_reset: Callable[[T], object] | None = None) -> T:
+    """Make ``obj`` fork-safe, and return it.
+
+    ``obj`` is a :class:`threading.Lock`, :class:`~threading.RLock`,
+    :class:`~threading.Condition` (over a Lock or an RLock),
+    :class:`~threading.Semaphore`, :class:`~threading.BoundedSemaphore`,
+    :class:`~threading.Event`, :class:`queue.Queue` (or a subclass) or
+    :class:`concurrent.futures.ThreadPoolExecutor` (or a subclass). It is
+    held by weak reference: tracking ends when it dies. Every supported type
+    can be weakly referenced, so nothing needs releasing by hand;
+    :func:`untrack` ends the tracking earlier.
+
+    At each fork its lock is tried without waiting. If the forking thread
+    owns it, it is left as it is (an RLock keeps its owner and count). If it
+    is free, it is held across the fork and released in both processes. If
+    another thread holds it, the child re-initialises it, calls
+    ``on_reset(obj)`` and :func:`was_reset` turns True there: the state the
+    lock protects may be half updated. A plain Lock records no owner: held
+    while other threads are alive, it counts as held by another thread (see
+    the README); use an RLock for a lock a thread may hold while it forks.
+
+    A semaphore's class is replaced by a subclass of the same name that
+    counts the permits each thread holds (``isinstance`` is unchanged): in
+    the child the permits of the other threads are returned, those of the
+    forking thread stay held. Permits taken before ``track()`` have no known
+    holder and are never returned.
+
+    :param obj: the object to track; tracking it again only replaces its
+        ``on_reset`` callback, if one is given.
+    :param on_reset: called in the child as ``on_reset(obj)`` when the fork
+        found ``obj`` held by another thread (or its permits held by other
+        threads) and reset it. It runs right after this integration's child
+        repairs, before other integrations' and user ``child`` callbacks:
+        discard half-updated state there, do not log or print. An exception
+        is reported through :func:`sys.unraisablehook`. A bound method is
+        held weakly, any other callable strongly (so it must not refer to
+        ``obj``, or ``obj`` never dies).
+    :returns: ``obj``.
+    :raises TypeError: ``obj`` is of another type, or ``on_reset`` is not
+        callable.
+
+    .. versionadded:: 0.1
+    """
+    if on_reset is not None and not callable(on_reset):
+        raise TypeError(f"on_reset must be callable, not {type(on_reset).__name__}")
+    entry = _tracked(obj)
+    if entry is None:
+        kind = _kind(obj)
+        key = id(obj)
+        entry = object.__new__(_Entry)
+        entry.kind = kind
+        entry.on_reset = None
+        entry.hook = None
+        entry.reset_in = -1
+        entry.ref = weakref.ref(obj, functools.partial(_forget, key))
+        if kind.repair is _repair_semaphore:
+            _count_permits(obj)
+        _entries[key] = entry
+        _changed()
+        _ensure_hook()
+    if on_reset is not None:
+        entry.on_reset = _hold_on_reset(on_reset)
+        if entry.hook is None or not entry.hook.active:
+            # Registered after the main hook, at the same priority: in the
+            # child it runs right after the repairs.
+            entry.hook = atfork.atfork(
+                child=functools.partial(_notify, entry),
+                priority=PRIORITY_THREADING,
+                name=f"on_reset of {type(obj).__name__} at {id(obj):#x}",
+            )
+    return obj
+
+
+def untrack(obj: object) -> None:
+    """End the tracking of ``obj``; an object not tracked is ignored.
+
+    A semaphore gets its own class back.
+
+    .. versionadded:: 0.1
+    """
+    entry = _tracked(obj)
+    if entry is None:
+        return
+    _entries.pop(id(obj), None)
+    _changed()
+    if entry.hook is not None:
+        entry.hook.unregister()
+    if entry.kind.repair is _repair_semaphore:
+        _stop_counting(obj)
+    _release_hook()
+
+
+def was_reset(obj: object) -> bool:
+    """True in a child whose fork found tracked ``obj`` held by another
+    thread and re-initialised it (the state it protects may be half
+    updated); False everywhere else, and in that child's own children unless
+    their fork reset it again.
+
+    .. versionadded:: 0.1
+    """
+    entry = _tracked(obj)
+    return entry is not None and entry.reset_in == _generation
+
+
+# -- enable() ---------------------------------------------------------------
+
+_enabled = False
+_warn = False
+_hook: atfork.Hook | None = None
+
+#: Selector event loops made since enable(), or found by it.
+_loops: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def _ensure_hook() -> None:
+    global _hook
+    if _hook is None or not _hook.active:
+        _hook = atfork.atfork(
+            _prepare,
+            _parent,
+            _child,
+            priority=PRIORITY_THREADING,
+            name="atfork.integrations.threading",
+        )
+
+
+def _release_hook() -> None:
+    global _hook
+    if _hook is not None and not _enabled and not _entries:
+        _hook.unregister()
+        _hook = None
+        if _entries:  # track() ran meanwhile in another thread
+            _ensure_hook()
+
+
+def _watch_loops(selector_events: ModuleType, *, scan: bool = False) -> None:
+    """Record every selector event loop made from now on (and, with
+    ``scan``, those that exist already)."""
+    if not _enabled:
+        return
+    cls = selector_events.BaseSelectorEventLoop
+    original = cls.__init__
+    if getattr(original, "_atfork_original", None) is not None:
+        return  # already watching
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        _loops.add(self)
+
+    __init__._atfork_original = original  # type: ignore[attr-defined]
+    cls.__init__ = __init__
+    if scan:
+        # Loops made before enable(): found once, here rather than at each fork.
+        for obj in gc.get_objects():
+            if isinstance(obj, cls):
+                _loops.add(obj)
+
+
+def _unwatch_loops() -> None:
+    selector_events = sys.modules.get("asyncio.selector_events")
+    if selector_events is None:
+        return
+    cls = selector_events.BaseSelectorEventLoop
+    original = getattr(cls.__dict__.get("__init__"), "_atfork_original", None)
+    if original is not None:
+        cls.__init__ = original
+
+
+def enable(*, warn: bool = False) -> None:
+    """Cover, at every fork, what needs no tracking.
+
+    In the child: module imports other threads were in the middle of are
+    undone (their import locks dropped, their half-executed modules removed
+    from :data:`sys.modules`, so the child imports them afresh); each
+    :class:`multiprocessing.Queue` whose feeder thread had started is reset
+    as multiprocessing resets it in its own children, so ``put()`` works
+    after a plain :func:`os.fork`; each asyncio selector event loop not
+    closed, and not running in another thread, gets its own selector and
+    self-pipe, so closing or running it in the child leaves the parent's
+    loop alone. Loops are found by wrapping ``BaseSelectorEventLoop.__init__``
+    when asyncio is imported (and once, at ``enable()``, among the existing
+    objects).
+
+    Tracked objects (:func:`track`) are handled whether or not the
+    integration is enabled. Calling ``enable()`` again sets the options
+    anew.
+
+    :param warn: at each fork made while other threads are alive, emit a
+        :class:`ForkWithThreadsWarning` in the parent naming them, and the
+        tracked objects they held.
+    :raises TypeError: ``warn`` is not a bool.
+
+    .. versionadded:: 0.1
+    """
+    global _enabled, _warn
+    if not isinstance(warn, bool):
+        raise TypeError(f"warn must be a bool, not {type(warn).__name__}")
+    _warn = warn
+    if not _enabled:
+        _enabled = True
+        name = "asyncio.selector_events"
+        when_imported(name, functools.partial(_watch_loops, scan=name in sys.modules))
+    _ensure_hook()
+
+
+def disable() -> None:
+    """Undo :func:`enable`; tracked objects stay tracked. Calling it again
+    does nothing.
+
+    .. versionadded:: 0.1
+    """
+    global _enabled, _warn
+    if _enabled:
+        _enabled = _warn = False
+        _unwatch_loops()
+        _loops.clear()
+    _release_hook()
+
+
+def is_enabled() -> bool:
+    """Whether :func:`enable` is in effect.
+
+    .. versionadded:: 0.1
+    """
+    return _enabled
+
+
+# -- prepare ----------------------------------------------------------------
+
+
+class _Fork:
+    """What prepare found, for the parent and child phases of one fork."""
+
+    __slots__ = ("busy", "held", "repairs", "threads")
+
+    def __init__(self) -> None:
+        #: Locks prepare acquired: released in both processes.
+        self.held: list[Any] = []
+        #: ``(entry, obj, lock)`` whose lock another thread held.
+        self.busy: list[tuple[_Entry, Any, Any]] = []
+        #: ``(entry, obj)`` with something else for the child to repair.
+        self.repairs: list[tuple[_Entry, Any]] = []
+        #: The other threads alive, with ``warn=True``.
+        self.threads: list[threading.Thread] = []
+
+
+# Forks in progress, by forking thread (two threads may fork at once).
+_forks: dict[int, _Fork] = {}
+
+
+def _held_by(lock: Any, held: list[Any]) -> bool:
+    return any(lock is other for other in held)
+
+
+def _prepare() -> None:
+    entries = _snapshot if _snapshot is not None else _rebuild()
+    if not entries and not _enabled:
+        return
+    me = get_ident()
+    if me in _forks:
+        # Registered twice (two threads made the first track() at once):
+        # this fork is handled already, and the locks it holds are its own.
+        return
+    fork = _Fork()
+    held = fork.held
+    alone: bool | None = None
+    try:
+        for entry in entries:
+            obj = entry.ref()
+            if obj is None:
+                continue
+            kind = entry.kind
+            lock = obj if kind.lock_of is None else kind.lock_of(obj)
+            if lock.acquire(False):
+                # Free, or an RLock the forking thread owns: acquired once
+                # more and released after the fork, it keeps owner and count.
+                held.append(lock)
+            elif kind.reentrant:
+                fork.busy.append((entry, obj, lock))  # owned by another thread
+            elif not _held_by(lock, held):  # (a lock tracked twice is ours already)
+                # A plain lock has no owner. With no other thread alive it
+                # can only be the forking thread's (or a dead thread's, and
+                # then the child sees it as the parent does).
+                if alone is None:
+                    alone = len(sys._current_frames()) < 2
+                if not alone:
+                    fork.busy.append((entry, obj, lock))
+            if kind.repair is not None:
+                fork.repairs.append((entry, obj))
+        if _warn:
+            active: dict[int, threading.Thread] = getattr(threading, "_active", {})
+            fork.threads = [t for t in active.copy().values() if t.ident != me]
+    except BaseException:
+        # A failed prepare gets no parent or child call: give the locks back.
+        for lock in held:
+            lock.release()
+        raise
+    _forks[me] = fork
+
+
+# -- parent -----------------------------------------------------------------
+
+
+def _parent() -> None:
+    fork = _forks.pop(get_ident(), None)
+    if fork is None:
+        return
+    for lock in fork.held:
+        lock.release()
+    if fork.threads:
+        _warn_threads(fork)
+
+
+def _warn_threads(fork: _Fork) -> None:
+    names = ", ".join(repr(thread.name) for thread in fork.threads)
+    message = f"fork with {len(fork.threads)} other thread(s) alive: {names}"
+    if fork.busy:
+        objects = ", ".join(repr(obj) for _, obj, _ in fork.busy)
+        message += f"; tracked objects held by another thread, reset in the child: {objects}"
+    # The warning points at the os.fork() call: this function, _parent, the
+    # atfork dispatcher, then the caller.
+    warnings.warn(ForkWithThreadsWarning(message), stacklevel=4)
+
+
+# -- child ------------------------------------------------------------------
+
+
+def _child() -> None:
+    global _generation
+    me = get_ident()
+    fork = _forks.pop(me, None)
+    _forks.clear()  # forks of other threads, cut short: those threads are not here
+    if fork is None:
+        return
+    _generation += 1
+    error: BaseException | None = None
+    for lock in fork.held:
+        lock.release()
+    for entry, _, lock in fork.busy:
+        try:
+            lock._at_fork_reinit()
+            entry.reset_in = _generation
+        except BaseException as exc:  # noqa: BLE001  (raised once all is repaired)
+            error = error or exc
+    for entry, obj in fork.repairs:
+        try:
+            if entry.kind.repair(obj, me):  # type: ignore[misc]
+                entry.reset_in = _generation
+        except BaseException as exc:  # noqa: BLE001  (raised once all is repaired)
+            error = error or exc
+    if _enabled:
+        for repair in (_repair_imports, _repair_mp_queues, _repair_loops):
+            try:
+                repair(me)
+            except BaseException as exc:  # noqa: BLE001  (raised once all is repaired)
+                error = error or exc
+    if error is not None:
+        raise error  # reported by atfork through sys.unraisablehook
+
+
+def _repair_imports(me: int) -> None:
+    """Undo the imports other threads were in the middle of."""
+    bootstrap = sys.modules.get("_frozen_importlib")
+    module_locks: dict[str, Any] | None = getattr(bootstrap, "_module_locks", None)
+    if module_locks:
+        for name, ref in list(module_locks.items()):
+            lock = ref()
+            if lock is None:
+                continue
+            owner = getattr(lock, "owner", None)
+            if owner == me:
+                # This thread's own import goes on. The other threads in the
+                # lock's bookkeeping are gone: no wake-up is owed to them.
+                lock.lock._at_fork_reinit()
+                lock.wakeup._at_fork_reinit()
+                lock.waiters = type(lock.waiters)()
+                continue
+            # A lock another thread owned, or was updating, is dropped: the
+            # next import of the module makes a new one.
+            if module_locks.get(name) is ref:
+                del module_locks[name]
+            if owner is not None:
+                module = sys.modules.get(name)
+                if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                    del sys.modules[name]  # half executed: imported afresh
+    # The threads each thread waits for (the import deadlock detector's
+    # graph): a dict by thread id up to 3.11, a weak value dictionary later.
+    blocking_on: Any = getattr(bootstrap, "_blocking_on", None)
+    waiting = getattr(blocking_on, "data", blocking_on)
+    if waiting:
+        for ident in list(waiting):
+            if ident != me:
+                waiting.pop(ident, None)
+
+
+def _repair_mp_queues(me: int) -> None:
+    """Reset used multiprocessing queues as multiprocessing's children do."""
+    util = sys.modules.get("multiprocessing.util")
+    queues = sys.modules.get("multiprocessing.queues")
+    if util is None or queues is None:
+        return
+    after_fork = queues.Queue._after_fork
+    for (_, _, func), queue in list(util._afterfork_registry.items()):
+        if func is after_fork and getattr(queue, "_thread", None) is not None:
+            func(queue)
+
+
+def _repair_loops(me: int) -> None:
+    if not _loops:
+        return
+    for loop in list(_loops):
+        if loop.is_closed() or loop._thread_id not in (None, me):
+            continue  # a loop running in another thread cannot be used here
+        _own_selector(loop)
+
+
+def _own_selector(loop: Any) -> None:
+    """Give ``loop`` a selector and a self-pipe of its own.
+
+    Closing the inherited selector closes only this process's descriptor of
+    the kernel's epoll set: it unregisters nothing, so the parent's set is
+    untouched. Closing the self-pipe's sockets likewise leaves the parent's.
+    """
+    old = loop._selector
+    new = type(old)()
+    for key in list(old.get_map().values()):
+        try:
+            new.register(key.fileobj, key.events, key.data)
+        except (OSError, ValueError):  # closed under the loop's feet: nothing to watch
+            continue
+    loop._selector = new
+    old.close()
+    if loop._csock is None:
+        return
+    old_fd = loop._csock.fileno()
+    loop._close_self_pipe()
+    loop._make_self_pipe()
+    if getattr(loop, "_signal_handlers", None):
+        # Up to 3.11 the child keeps the loop's signal wake-up fd: point it
+        # at the new self-pipe, unless it was pointing elsewhere.
+        try:
+            previous = signal.set_wakeup_fd(loop._csock.fileno())
+            if previous != old_fd:
+                signal.set_wakeup_fd(previous)
+        except (ValueError, OSError):  # not the main thread: no wake-up fd here
+            pass
