@@ -30,7 +30,7 @@ __all__ = [
 
 #: The built-in integrations, by name: each is the module
 #: ``atfork.integrations.NAME``.
-BUILTIN: tuple[str, ...] = ("random", "threading")
+BUILTIN: tuple[str, ...] = ("random", "threading", "uwsgi")
 
 ENTRY_POINT_GROUP = "atfork.integrations"
 

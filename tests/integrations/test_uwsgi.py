@@ -1,0 +1,147 @@
+"""uWSGI workers get the atfork child callbacks (atfork.integrations.uwsgi),
+with a real uWSGI server (pyuwsgi)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import atfork
+from atfork.integrations import uwsgi as atfork_uwsgi
+
+UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
+
+APP = """
+import json, os, time
+import atfork, atfork.integrations
+
+ran = []
+atfork.atfork(child=lambda: ran.append(atfork.fork_origin()), name="records-its-runs")
+if os.environ.get("WITH_ATFORK") == "1":
+    atfork.integrations.enable("uwsgi")
+
+def app(environ, start_response):
+    time.sleep(0.3)  # keep this worker busy so that the next request goes to another
+    start_response("200 OK", [("Content-Type", "application/json")])
+    return [json.dumps({"pid": os.getpid(), "ran": ran}).encode()]
+"""
+
+needs_uwsgi = pytest.mark.skipif(UWSGI is None, reason="pyuwsgi is not installed")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[int, Any], str]:
+    """Start uWSGI with two workers; return what each worker answered, and the log."""
+    assert UWSGI is not None
+    (tmp_path / "uwsgi_app.py").write_text(APP)
+    port = free_port()
+    root = os.path.dirname(os.path.dirname(atfork.__file__))
+    env = {**os.environ, "WITH_ATFORK": "1" if with_atfork else "0"}
+    env.pop("PYTHONUNBUFFERED", None)
+    server = subprocess.Popen(
+        [
+            UWSGI,
+            "--master",
+            "--processes",
+            "2",
+            "--enable-threads",
+            "--http-socket",
+            f"127.0.0.1:{port}",
+            "--pythonpath",
+            str(tmp_path),
+            "--pythonpath",
+            root,
+            "--module",
+            "uwsgi_app:app",
+            *options,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    answers: dict[int, Any] = {}
+    try:
+        deadline = time.monotonic() + 30
+        while len(answers) < 2 and time.monotonic() < deadline:
+            with ThreadPoolExecutor(4) as pool:
+                for answer in pool.map(lambda _: ask(port), range(4)):
+                    if answer is not None:
+                        answers[answer["pid"]] = answer["ran"]
+            if len(answers) < 2:
+                time.sleep(0.2)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            log = server.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            server.kill()
+            log = server.communicate()[0]
+    return answers, log.decode("utf-8", "replace")
+
+
+def ask(port: int) -> Any:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None  # not listening yet
+
+
+@needs_uwsgi
+def test_without_atfork_workers_run_no_child_callback(tmp_path: Path) -> None:
+    """uWSGI's default fork runs no Python fork hook: the workers never ran the callback."""
+    answers, log = serve(tmp_path, [], with_atfork=False)
+    assert [[], []] == list(answers.values()), log
+
+
+@needs_uwsgi
+def test_with_atfork_each_worker_runs_the_child_callbacks_once(tmp_path: Path) -> None:
+    """With the integration each worker runs them once, from the post-fork hook,
+    and uWSGI's log warns that prepare callbacks cannot run."""
+    answers, log = serve(tmp_path, [], with_atfork=True)
+    assert [["check"], ["check"]] == list(answers.values()), log
+    assert "UwsgiForkHooksWarning" in log
+
+
+@needs_uwsgi
+def test_with_fork_hooks_the_callbacks_run_in_the_fork_and_not_again(tmp_path: Path) -> None:
+    """With --py-call-uwsgi-fork-hooks the callbacks run in the fork itself;
+    the post-fork check finds them run and does nothing; no warning."""
+    answers, log = serve(tmp_path, ["--py-call-uwsgi-fork-hooks"], with_atfork=True)
+    assert [["os.fork"], ["os.fork"]] == list(answers.values()), log
+    assert "UwsgiForkHooksWarning" not in log
+
+
+if sys.version_info < (3, 13):  # 3.13 aborts in PyOS_AfterFork_Child() without BeforeFork
+
+    @needs_uwsgi
+    def test_with_osafterfork_alone_the_check_runs_them(tmp_path: Path) -> None:
+        """--py-call-osafterfork gives the child half only: atfork's child
+        callbacks wait for the post-fork check, which runs them once."""
+        answers, log = serve(tmp_path, ["--py-call-osafterfork"], with_atfork=True)
+        assert [["check"], ["check"]] == list(answers.values()), log
+
+
+def test_outside_uwsgi_enable_explains_where_it_works() -> None:
+    """Enabling outside a uWSGI process is a clear RuntimeError; the rest is inert."""
+    with pytest.raises(RuntimeError, match="works in a uWSGI process only"):
+        atfork_uwsgi.enable()
+    atfork_uwsgi.disable()
+    assert not atfork_uwsgi.is_enabled()
