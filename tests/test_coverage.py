@@ -92,6 +92,19 @@ def test_multiprocessing(counts: Counts, method: str, expected: tuple[int, int, 
     assert expected == (*counts.ran(), process.exitcode)
 
 
+def test_billiard_process(counts: Counts) -> None:
+    """billiard, the multiprocessing fork behind celery's prefork workers, runs the callbacks."""
+    import billiard  # type: ignore[import-untyped]
+
+    process = billiard.Process(target=exit_with_marker, args=(str(counts.marker),))
+    process.start()
+    process.join(DEADLINE)
+    if process.exitcode is None:
+        process.terminate()
+        pytest.fail(f"the billiard child did not finish within {DEADLINE} s")
+    assert (1, 1, True, 0) == (*counts.ran(), process.exitcode)
+
+
 def test_subprocess_with_preexec_fn(counts: Counts) -> None:
     """subprocess with preexec_fn forks through Python: the callbacks run."""
     subprocess.run(["true"], preexec_fn=lambda: None, check=True, timeout=DEADLINE)

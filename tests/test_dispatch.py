@@ -584,13 +584,20 @@ def exit_with_origin(origin: list[str | None]) -> None:
     sys.exit(0 if origin == ["multiprocessing"] else 3)
 
 
-def test_fork_origin_of_multiprocessing() -> None:
-    """A child callback of multiprocessing's fork start method learns it."""
-    import multiprocessing
-
+@pytest.mark.parametrize("package", ["multiprocessing", "billiard"])
+def test_fork_origin_of_multiprocessing(package: str) -> None:
+    """A child callback of multiprocessing's (or billiard's) fork start method learns it."""
     seen: list[str | None] = []
     atfork.atfork(child=lambda: seen.append(atfork.fork_origin()))
-    process = multiprocessing.get_context("fork").Process(target=exit_with_origin, args=(seen,))
+    if package == "billiard":
+        import billiard  # type: ignore[import-untyped]
+
+        process = billiard.Process(target=exit_with_origin, args=(seen,))
+    else:
+        import multiprocessing
+
+        context: Any = multiprocessing.get_context("fork")
+        process = context.Process(target=exit_with_origin, args=(seen,))
     process.start()
     process.join(30)
     assert 0 == process.exitcode
