@@ -1,0 +1,108 @@
+"""Fork scenarios run in a fresh interpreter, without and with integrations
+(shared by test_logging.py and test_stdio.py).
+
+A scenario is Python source appended to ``PROLOGUE``. It sets up threads
+that hold locks or block on full pipes, then calls ``report(outcome(child),
+...)``: ``outcome`` forks with :func:`atfork.testing.run_in_child` and a short
+deadline, so a child that hangs is killed and its stack recorded. The result
+travels back as one JSON line on stderr, and the interpreter ends with
+``os._exit``.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from atfork.testing import run_python
+
+#: How long a child may take before it counts as hung, in a run that
+#: expects the hang (without the integrations) ...
+HANG = 3.0
+#: ... and in a run that expects success: the child needs milliseconds.
+SUCCESS = 30.0
+
+PROLOGUE = '''\
+import json, logging, os, select, sys, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+import atfork.integrations
+from atfork.testing import ChildTimeoutError, run_in_child
+
+INTEGRATIONS = {integrations!r}
+LATE = {late!r}
+PARENT = os.getpid()
+if not LATE:
+    atfork.integrations.enable(*INTEGRATIONS)
+
+
+def block_writing(fd, write):
+    """Call write() in a thread, where it blocks: fd is a pipe nobody reads."""
+    threading.Thread(target=write, daemon=True).start()
+    while select.select([], [fd], [], 0)[1]:
+        time.sleep(0.005)
+    time.sleep(0.1)  # from a full pipe to blocked inside write()
+
+
+def drain(fd):
+    """Read pipe fd from now on; return the bytes read so far (growing)."""
+    got = bytearray()
+
+    def read():
+        while True:
+            data = os.read(fd, 65536)
+            if not data:
+                return
+            got.extend(data)
+
+    threading.Thread(target=read, daemon=True).start()
+    return got
+
+
+def wait_for(predicate, timeout=10.0):
+    end = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < end:
+        time.sleep(0.01)
+    return predicate()
+
+
+def outcome(child):
+    """Fork and run child(); 'hang' if it is still running at the deadline."""
+    if LATE:
+        atfork.integrations.enable(*INTEGRATIONS)
+    try:
+        result = run_in_child(child, timeout={success!r} if INTEGRATIONS else {hang!r})
+    except ChildTimeoutError as exc:
+        return dict(outcome="hang", stack=exc.stack)
+    return dict(outcome="ok", result=result)
+
+
+def report(found, **extra):
+    """Send the result, and end at once: stuck threads hold locks that
+    exit-time code (logging.shutdown, stream flushes) would wait for."""
+    found.update(extra)
+    os.write(2, ("\\n" + json.dumps(found) + "\\n").encode())
+    os._exit(0)
+'''
+
+
+def run(body: str, integrations: tuple[str, ...] = (), *, late: bool = False) -> dict[str, Any]:
+    """Run a scenario once; ``late`` enables the integrations just before
+    the fork rather than first thing (handlers then exist at enable())."""
+    source = PROLOGUE.format(integrations=integrations, late=late, hang=HANG, success=SUCCESS)
+    run = run_python(source + textwrap.dedent(body), timeout=60)
+    assert not run.timed_out, run.stack
+    assert 0 == run.returncode, run.stderr
+    found: dict[str, Any] = json.loads(run.stderr.strip().splitlines()[-1])
+    return found
+
+
+def without_and_with(
+    body: str, integrations: tuple[str, ...], *, late: bool = False
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run a scenario without the integrations and with them, side by side."""
+    with ThreadPoolExecutor(2) as pool:
+        plain = pool.submit(run, body)
+        fixed = pool.submit(run, body, integrations, late=late)
+        return plain.result(), fixed.result()

@@ -1,0 +1,356 @@
+"""The logging integration (atfork.integrations.logging): each failure it
+fixes, reproduced in a fresh interpreter without it and gone with it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+
+import pytest
+from scenario_logging import HANG, SUCCESS, run, without_and_with
+
+import atfork.integrations
+from atfork.integrations import logging as atfork_logging
+from atfork.testing import run_in_child, run_python
+
+
+@pytest.fixture(autouse=True)
+def _disabled() -> Iterator[None]:
+    yield
+    atfork_logging.disable()
+
+
+PRIVATE_LOCK = """
+class GuardedHandler(logging.Handler):
+    '''Emits under a lock of its own; the parent's first record keeps it.'''
+
+    def __init__(self):
+        super().__init__()
+        self.guard = threading.{kind}()
+        self.messages = []
+
+    def emit(self, record):
+        with self.guard:
+            self.messages.append(record.getMessage())
+            if os.getpid() == PARENT and len(self.messages) == 1:
+                threading.Event().wait()  # a thread stuck in emit, holding the guard
+
+handler = GuardedHandler()
+log = logging.getLogger("private")
+log.addHandler(handler)
+threading.Thread(target=log.warning, args=("parent",), daemon=True).start()
+wait_for(lambda: handler.messages)
+
+def child():
+    log.warning("child")
+    return handler.messages
+
+report(outcome(child))
+"""
+
+
+@pytest.mark.parametrize("kind", ["Lock", "RLock", "Condition"])
+def test_handler_private_lock(kind: str) -> None:
+    """Case 1: a handler lock of its own, held by another thread at fork, hangs
+    the child's next log call; with the integration the child logs at once
+    (and the fork does not wait for the stuck thread, which never lets go)."""
+    plain, fixed = without_and_with(PRIVATE_LOCK.format(kind=kind), ("logging",))
+    assert "hang" == plain["outcome"]
+    assert "in emit" in plain["stack"]
+    assert {"outcome": "ok", "result": ["parent", "child"]} == fixed
+
+
+def test_handler_existing_at_enable() -> None:
+    """A handler created before enable() is covered like one created after."""
+    fixed = run(PRIVATE_LOCK.format(kind="Lock"), ("logging",), late=True)
+    assert {"outcome": "ok", "result": ["parent", "child"]} == fixed
+
+
+STREAM_ON_FULL_PIPE = """
+read_end, write_end = os.pipe()
+log = logging.getLogger("pipe")
+log.addHandler(logging.StreamHandler(open(write_end, "w")))
+block_writing(write_end, lambda: log.warning("p" * 200_000))
+got = drain(read_end)  # a slow reader: from now on the pipe empties
+
+def child():
+    log.warning("child %d", os.getpid())
+    return os.getpid()
+
+found = outcome(child)
+line = b"child %d\\n" % found.get("result", 0)
+# The child's line may land inside the parent's record (bigger than a pipe
+# write is atomic): count the parent's bytes.
+hung = found["outcome"] == "hang"
+wait_for(lambda: (hung or line in got) and got.count(b"p") == 200_000)
+report(found, lines=got.count(line), parent=got.count(b"p"))
+"""
+
+
+def test_stream_locked_by_a_writer_blocked_on_a_full_pipe() -> None:
+    """Case 2: a StreamHandler whose stream's BufferedWriter lock is held (a
+    thread blocked writing to a full pipe) hangs the child although the
+    handler lock was reset; with the integration the child's record arrives
+    once, and the parent's blocked record arrives whole, once."""
+    plain, fixed = without_and_with(STREAM_ON_FULL_PIPE, ("logging",))
+    assert "hang" == plain["outcome"]
+    assert "in flush" in plain["stack"] or "in emit" in plain["stack"]
+    assert ("ok", 1, 200_000) == (fixed["outcome"], fixed["lines"], fixed["parent"])
+
+
+QUEUE_LISTENER = """
+import logging.handlers, queue
+
+path = os.path.join({tmp!r}, "log-%d.txt" % len(INTEGRATIONS))
+gate = threading.Event()
+
+class SlowFileHandler(logging.FileHandler):
+    '''In the parent, the first record waits at the gate, holding the handler.'''
+
+    def emit(self, record):
+        if os.getpid() == PARENT and record.getMessage() == "p0":
+            gate.wait()
+        super().emit(record)
+
+records = queue.{queue}()
+listener = logging.handlers.QueueListener(records, SlowFileHandler(path))
+listener.start()
+log = logging.getLogger("queued")
+log.addHandler(logging.handlers.QueueHandler(records))
+for i in range(5):
+    log.warning("p%d", i)  # p0 holds the listener; p1..p4 wait in the queue
+wait_for(lambda: records.qsize() == 4)
+
+def child():
+    log.warning("child")
+
+found = outcome(child)
+gate.set()
+listener.stop()
+with open(path) as f:
+    report(found, lines=f.read().split())
+"""
+
+
+@pytest.mark.parametrize("kind", ["Queue", "SimpleQueue"])
+def test_queue_listener(kind: str, tmp_path: os.PathLike[str]) -> None:
+    """Case 5: the QueueListener thread does not exist in the child, so the
+    child's records are never handled; with the integration the child's
+    record is handled once, and the parent's queued records once (the child
+    does not handle its copy of them)."""
+    plain, fixed = without_and_with(
+        QUEUE_LISTENER.format(tmp=os.fspath(tmp_path), queue=kind), ("logging",)
+    )
+    parent = ["p0", "p1", "p2", "p3", "p4"]
+    assert {"outcome": "ok", "result": None, "lines": parent} == plain
+    assert {"outcome": "ok", "result": None, "lines": ["child", *parent]} == fixed
+
+
+MEMORY_HANDLER = """
+import logging.handlers
+
+path = os.path.join({tmp!r}, "log-%d.txt" % len(INTEGRATIONS))
+target = logging.FileHandler(path)
+buffered = logging.handlers.MemoryHandler(100, flushLevel=logging.CRITICAL, target=target)
+log = logging.getLogger("memory")
+log.addHandler(buffered)
+log.warning("parent")  # buffered, not yet written
+
+def child():
+    log.warning("child")
+    buffered.flush()
+
+found = outcome(child)
+buffered.flush()
+with open(path) as f:
+    report(found, lines=f.read().split())
+"""
+
+
+def test_memory_handler_records_not_repeated(tmp_path: os.PathLike[str]) -> None:
+    """A MemoryHandler's buffered parent records are flushed by the parent
+    only: without the integration the child flushes them a second time."""
+    plain, fixed = without_and_with(MEMORY_HANDLER.format(tmp=os.fspath(tmp_path)), ("logging",))
+    assert ["parent", "child", "parent"] == plain["lines"]
+    assert ["child", "parent"] == fixed["lines"]
+
+
+CHILD_HOOK_BEFORE_LOGGING = """\
+import os, sys, threading, time, warnings
+warnings.simplefilter("ignore", DeprecationWarning)
+
+def log_in_child():
+    import logging
+    logging.getLogger("hook").warning("from the child hook")
+
+if sys.argv[-1] == "atfork":
+    import atfork
+    atfork.atfork(child=log_in_child)
+else:
+    os.register_at_fork(after_in_child=log_in_child)
+
+import logging  # after the registration
+from atfork.testing import ChildTimeoutError, run_in_child
+
+class SlowStream:
+    '''In the parent, the first write takes for ever (under the handler lock).'''
+    def __init__(self):
+        self.lines = []
+        self.parent = os.getpid()
+    def write(self, text):
+        self.lines.append(text)
+        if os.getpid() == self.parent and len(self.lines) == 1:
+            threading.Event().wait()
+    def flush(self):
+        pass
+
+stream = SlowStream()
+logging.getLogger("hook").addHandler(logging.StreamHandler(stream))
+threading.Thread(target=logging.getLogger("hook").warning, args=("parent",), daemon=True).start()
+while not stream.lines:
+    time.sleep(0.01)
+try:
+    print(run_in_child(lambda: stream.lines[1:], timeout={hang!r}), flush=True)
+except ChildTimeoutError as exc:
+    print("hang", exc.stack, flush=True)
+os._exit(0)  # logging.shutdown() would wait for the stuck thread's handler lock
+"""
+
+
+def test_child_hook_registered_before_logging_was_imported() -> None:
+    """Case 6: a child hook that logs, registered with os.register_at_fork
+    before the program imported logging, runs before logging's own child
+    reinitialisation and hangs on the handler lock another thread held;
+    registered with atfork.atfork(), it runs after it (the core does this)."""
+    source = CHILD_HOOK_BEFORE_LOGGING
+    with ThreadPoolExecutor(2) as pool:
+        runs = pool.map(
+            partial(run_python, timeout=60),
+            [
+                source.format(hang=HANG),
+                source.format(hang=SUCCESS).replace('sys.argv[-1] == "atfork"', "True"),
+            ],
+        )
+        plain, fixed = runs
+    assert plain.stdout.startswith("hang"), plain.stdout + plain.stderr
+    assert "in log_in_child" in plain.stdout
+    assert "['from the child hook\\n']\n" == fixed.stdout, fixed.stderr
+
+
+STRUCTLOG = """
+import structlog
+
+class SlowFile:
+    '''In the parent, the first write takes for ever (under structlog's lock).'''
+    def __init__(self):
+        self.lines = []
+    def write(self, text):
+        self.lines.append(text)
+        if os.getpid() == PARENT and len(self.lines) == 1:
+            threading.Event().wait()
+    def flush(self):
+        pass
+
+out = SlowFile()
+logger = structlog.{kind}(out)
+threading.Thread(target=logger.msg, args=("parent",), daemon=True).start()
+wait_for(lambda: out.lines)
+
+def child():
+    logger.msg("child")
+    return [line.strip() for line in out.lines if line.strip()]
+
+report(outcome(child))
+"""
+
+
+@pytest.mark.parametrize("kind", ["PrintLogger", "WriteLogger"])
+def test_structlog_file_lock(kind: str) -> None:
+    """Case 7: structlog's per-file lock, held by a thread writing at fork,
+    hangs the child; with the integration the child writes at once."""
+    pytest.importorskip("structlog", reason="structlog is not installed")
+    plain, fixed = without_and_with(STRUCTLOG.format(kind=kind), ("logging",))
+    assert "hang" == plain["outcome"]
+    assert "in msg" in plain["stack"]
+    assert {"outcome": "ok", "result": ["parent", "child"]} == fixed
+
+
+def test_disable_restores_the_hang() -> None:
+    """After disable(), a child forked while a handler lock is held hangs
+    again, as without the integration."""
+    body = PRIVATE_LOCK.format(kind="Lock").replace(
+        "report(outcome(child))",
+        "import atfork.integrations.logging as integration\n"
+        "integration.enable()\n"
+        "integration.disable()\n"
+        "report(outcome(child), enabled=integration.is_enabled())",
+    )
+    found = run(body)
+    assert ("hang", False) == (found["outcome"], found["enabled"])
+
+
+def test_enable_is_idempotent() -> None:
+    """enable() twice registers one hook; disable() twice is harmless."""
+    atfork_logging.enable()
+    hook = atfork_logging._hook
+    atfork_logging.enable()
+    assert hook is atfork_logging._hook
+    assert atfork_logging.is_enabled()
+    atfork_logging.disable()
+    atfork_logging.disable()
+    assert not atfork_logging.is_enabled()
+    assert hook is not None
+    assert not hook.active
+
+
+def test_enabled_by_name() -> None:
+    """atfork.integrations.enable("logging") enables this module."""
+    atfork.integrations.enable("logging")
+    assert atfork_logging.is_enabled()
+
+
+def test_options_are_rejected() -> None:
+    """enable() takes no option: a misspelt one fails loudly."""
+    with pytest.raises(TypeError):
+        atfork_logging.enable(rotation=True)  # type: ignore[call-arg]
+
+
+def test_parent_gets_its_locks_back() -> None:
+    """The locks taken without waiting in prepare are free again in the
+    parent, and free in the child."""
+    handler = logging.Handler()
+    handler.guard = threading.Lock()  # type: ignore[attr-defined]
+    held = threading.Lock()
+    handler.held = held  # type: ignore[attr-defined]
+    held.acquire()  # held by this thread across the fork: busy
+    try:
+        atfork_logging.enable()
+        in_child = run_in_child(
+            lambda: (handler.guard.acquire(False), handler.held.acquire(False))  # type: ignore[attr-defined]
+        )
+        assert (True, True) == in_child
+        assert handler.guard.acquire(False)  # type: ignore[attr-defined]
+        assert held.locked()
+    finally:
+        held.release()
+
+
+def test_rlock_held_by_the_forking_thread_stays_held() -> None:
+    """An RLock the forking thread holds stays its own in the child: the
+    thread can release it there."""
+    handler = logging.Handler()
+    guard = threading.RLock()
+    handler.guard = guard  # type: ignore[attr-defined]
+    atfork_logging.enable()
+
+    def release() -> bool:
+        guard.release()
+        return guard.acquire(False)
+
+    with guard:
+        assert run_in_child(release)
+        assert guard._is_owned()  # type: ignore[attr-defined]
