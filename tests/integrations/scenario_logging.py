@@ -87,11 +87,17 @@ def report(found, **extra):
 '''
 
 
-def run(body: str, integrations: tuple[str, ...] = (), *, late: bool = False) -> dict[str, Any]:
+def run(
+    body: str,
+    integrations: tuple[str, ...] = (),
+    *,
+    late: bool = False,
+    env: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Run a scenario once; ``late`` enables the integrations just before
     the fork rather than first thing (handlers then exist at enable())."""
     source = PROLOGUE.format(integrations=integrations, late=late, hang=HANG, success=SUCCESS)
-    run = run_python(source + textwrap.dedent(body), timeout=60)
+    run = run_python(source + textwrap.dedent(body), timeout=60, env=env)
     assert not run.timed_out, run.stack
     assert 0 == run.returncode, run.stderr
     found: dict[str, Any] = json.loads(run.stderr.strip().splitlines()[-1])
