@@ -72,7 +72,7 @@ from _thread import get_ident
 from typing import Any
 
 import atfork
-from atfork.integrations import PRIORITY_LOGGING, _streams
+from atfork.integrations import PRIORITY_LOGGING, _rotation, _streams
 
 __all__ = ["disable", "enable", "is_enabled"]
 
@@ -159,6 +159,9 @@ def _prepare() -> None:
             if isinstance(listener, listener_type):
                 fork.listeners.append(listener)
                 _collect((listener.queue,), found, conditions, queue_type)
+
+    if _shared_rotation:  # before the file is shared: rotating handlers created since
+        _share_rotation(handlers)
 
     output = sys.modules.get("structlog._output")
     write_locks = getattr(output, "WRITE_LOCKS", None)
@@ -280,25 +283,55 @@ def _repair_queues(fork: _Fork) -> None:
 
 
 _hook: atfork.Hook | None = None
+_shared_rotation = False
 
 
-def enable() -> None:
-    """Make logging safe in forked children; calling it again does nothing.
+def _share_rotation(handlers: Any) -> None:
+    handlers_module = sys.modules.get("logging.handlers")
+    if handlers_module is not None:
+        rotating = handlers_module.BaseRotatingHandler
+        for handler in handlers:
+            if isinstance(handler, rotating):
+                _rotation.share(handler)
+
+
+def enable(*, shared_rotation: bool = False) -> None:
+    """Make logging safe in forked children; calling it again with the same
+    options does nothing.
+
+    :param shared_rotation: make ``RotatingFileHandler`` and
+        ``TimedRotatingFileHandler`` safe to share between forked processes:
+        each record is written, and the file rotated, under an inter-process
+        lock on ``<log file>.lock``, and a process whose file another one
+        rotated reopens it. It applies from enable() on to the rotating
+        handlers that exist, and from the next fork on to those created
+        later. Off by default: it costs two ``lockf`` calls and two
+        ``stat`` calls per record.
+    :raises TypeError: an option has the wrong type.
 
     .. versionadded:: 0.1
     """
-    global _hook
+    global _hook, _shared_rotation
+    if not isinstance(shared_rotation, bool):
+        raise TypeError(f"shared_rotation must be a bool, not {type(shared_rotation).__name__}")
+    _shared_rotation = shared_rotation
+    if shared_rotation:
+        _share_rotation(ref() for ref in tuple(_handler_refs))
+    else:
+        _rotation.unshare()
     if _hook is None:
         _hook = atfork.atfork(_prepare, _parent, _child, priority=PRIORITY_LOGGING, name=__name__)
 
 
 def disable() -> None:
-    """Stop repairing logging in children forked from now on; calling it
-    again does nothing.
+    """Stop repairing logging in children forked from now on, and end
+    shared rotation; calling it again does nothing.
 
     .. versionadded:: 0.1
     """
-    global _hook
+    global _hook, _shared_rotation
+    _shared_rotation = False
+    _rotation.unshare()
     if _hook is not None:
         _hook.unregister()
         _hook = None
