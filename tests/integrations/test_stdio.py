@@ -215,3 +215,63 @@ def test_enable_is_idempotent() -> None:
     stdio.disable()
     stdio.disable()
     assert not stdio.is_enabled()
+
+
+INTACT = """\
+import logging, os, sys, threading, warnings
+warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
+import atfork.integrations
+from atfork.testing import wait_child
+
+atfork.integrations.enable("logging", "stdio")
+# Whole lines, so that the children's lines cannot land inside a parent's
+# line; a line can still be half in the buffer at a fork.
+sys.stdout.reconfigure(line_buffering=True)
+log = logging.getLogger("intact")
+log.addHandler(logging.StreamHandler())  # sys.stderr
+stop = threading.Event()
+
+def chatter():
+    i = 0
+    while not stop.is_set():
+        print("parent-out-%d" % i)
+        log.warning("parent-log-%d", i)
+        i += 1
+    print("parent-count-%d" % i)
+
+thread = threading.Thread(target=chatter)
+thread.start()
+for number in range(20):
+    pid = os.fork()
+    if pid == 0:
+        print("child-out-%d" % number)
+        log.warning("child-log-%d", number)
+        if number % 2:
+            sys.stdout.flush()
+            os._exit(0)
+        sys.exit(0)  # a normal exit flushes the standard streams
+    assert 0 == wait_child(pid)
+stop.set()
+thread.join()
+"""
+
+
+def test_parent_and_child_output_intact() -> None:
+    """With both integrations, a parent that prints and logs from a thread
+    while forking 20 children loses and repeats nothing; every child's line
+    and record appears once."""
+    found = run_python(INTACT, timeout=60)
+    assert 0 == found.returncode, found.stderr
+    out, err = found.stdout.split(), found.stderr.split()
+    count = int(out[-1].rpartition("-")[2])
+    assert [f"parent-out-{i}" for i in range(count)] == [
+        line for line in out if line.startswith("parent-out-")
+    ]
+    assert [f"parent-log-{i}" for i in range(count)] == [
+        line for line in err if line.startswith("parent-log-")
+    ]
+    children = [f"child-out-{n}" for n in range(20)]
+    assert children == [line for line in out if line.startswith("child-")]
+    assert [f"child-log-{n}" for n in range(20)] == [
+        line for line in err if line.startswith("child-")
+    ]
