@@ -13,10 +13,20 @@ when it is garbage collected, or destroyed at interpreter exit).
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import io
+import sys
 from typing import Any, Callable
 
-__all__ = ["fresh_copy", "keep_forever", "replaceable", "replaced"]
+__all__ = [
+    "fresh_copy",
+    "keep_forever",
+    "prepare_spares",
+    "replaceable",
+    "replaced",
+    "take_spare",
+]
 
 #: In a child, the standard streams the stdio integration replaced: id of
 #: the inherited object -> its replacement. The logging integration points
@@ -75,6 +85,49 @@ def fresh_copy(stream: io.TextIOWrapper) -> io.TextIOWrapper:
     return new
 
 
+def _config(stream: io.TextIOWrapper) -> tuple[object, ...]:
+    return (stream.encoding, stream.errors, stream.line_buffering, stream.write_through)
+
+
+# Replacements made ahead, in the parent, for the standard streams: id of
+# the stream -> (the stream, its configuration then, the replacement). In a
+# child, taking one is a dictionary lookup; making one there would write to
+# several dozen pages of memory shared with the parent, each a page fault.
+_spares: dict[int, tuple[io.TextIOWrapper, tuple[object, ...], io.TextIOWrapper]] = {}
+
+
+def prepare_spares(streams: tuple[object, ...]) -> None:
+    """Before a fork: have a replacement ready for each :func:`replaceable`
+    stream of ``streams`` (one made earlier is kept while the stream's
+    configuration is unchanged), and drop those made for streams that are
+    no longer standard streams."""
+    for stream in streams:
+        if type(stream) is not io.TextIOWrapper:
+            continue
+        entry = _spares.get(id(stream))
+        if entry is not None and entry[1] == _config(stream):
+            continue
+        if replaceable(stream):
+            with contextlib.suppress(OSError):  # its descriptor was closed: nothing to replace
+                _spares[id(stream)] = (stream, _config(stream), fresh_copy(stream))
+    if len(_spares) > 2:
+        current = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
+        for key in [key for key, entry in _spares.items() if entry[0] not in current]:
+            del _spares[key]
+
+
+def take_spare(stream: io.TextIOWrapper) -> io.TextIOWrapper:
+    """In a child: the replacement made ahead for ``stream``, or else a new
+    one (:func:`fresh_copy`). A replacement is taken once.
+
+    :raises OSError: a new one could not be made (the descriptor is closed).
+    """
+    entry = _spares.pop(id(stream), None)
+    if entry is not None and entry[0] is stream:
+        return entry[2]
+    return fresh_copy(stream)
+
+
 def _find_incref() -> Callable[[object], None] | None:
     try:
         import ctypes
@@ -91,7 +144,7 @@ def _find_incref() -> Callable[[object], None] | None:
 # importing ctypes in a child at fork time would cost milliseconds.
 _incref = _find_incref()
 
-# Also a strong reference, for an interpreter without ctypes.
+# The streams set aside in this process, kept alive until it ends.
 _kept: list[object] = []
 
 
@@ -100,11 +153,20 @@ def keep_forever(stream: object) -> None:
     never finalized: finalizing would flush it (repeating the parent's
     pending output, or hanging on its lock) and close it.
 
-    A module-level reference is not enough: interpreter exit clears modules
-    and collects what they held. One reference is leaked instead (a stream
-    and its buffer, a few kilobytes per replacement), so the object outlives
-    the interpreter's teardown and the process ends without finalizing it.
+    Until interpreter exit a reference from this module keeps it. Exit
+    clears modules and collects what they held, so at exit (an
+    :mod:`atexit` function, which runs before that) one reference to each is
+    leaked: a stream and its buffer, a few kilobytes, outlive the
+    interpreter's teardown and the process ends without finalizing them. A
+    process that ends with ``os._exit`` finalizes nothing anyway.
     """
     _kept.append(stream)
+
+
+def _leak_kept() -> None:
     if _incref is not None:
-        _incref(stream)
+        for stream in _kept:
+            _incref(stream)
+
+
+atexit.register(_leak_kept)

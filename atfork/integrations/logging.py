@@ -25,40 +25,53 @@ What the standard library does, 3.9 - 3.13
     buffers. (Before 3.9 not even the handlers' locks.)
 
 What this module does
+    A process with no other thread at the fork (none started by
+    ``threading`` or ``_thread``, none foreign that logged) has no lock
+    held and no write in progress: for it, the child only points handlers
+    at the streams the stdio integration replaced and empties
+    ``BufferingHandler`` buffers (the parent's records, which the parent
+    flushes). Otherwise:
+
     prepare
-        It takes ``logging``'s module lock, without waiting; then every lock
-        of every handler (the handlers that exist at that fork, whenever
-        they were created), of the queues they hold and of structlog's
-        files, each without waiting. A lock that is free stays held across
-        the fork, so no thread is half way through what it protects. A lock
-        that is busy is noted; the fork never waits for it, nor for an
-        in-flight log call. If the module lock is busy, it takes nothing and
-        treats every lock as busy (holding a handler lock while the
-        standard library waits for the module lock could deadlock with
-        ``logging.config``, which takes them in the other order).
+        It takes ``logging``'s module lock, then the lock of every handler
+        (those that exist at that fork, whenever they were created), each
+        without waiting. A lock that is free stays held across the fork, so
+        no thread is in the middle of a record. A handler whose lock is busy
+        is noted; the fork never waits for it, nor for any in-flight log
+        call. If the module lock is busy, it takes nothing and treats every
+        handler as busy (holding a handler lock while the standard library
+        waits for the module lock would deadlock with ``logging.config``,
+        which takes them in the other order). It notes the ``QueueListener``
+        threads, and has replacements ready for the standard streams.
     parent
         It releases what it took.
     child
-        Locks it took are released (those the standard library already
-        reset are left), busy ones are re-created in place
-        (``_at_fork_reinit``), and the waiters of the parent's threads are
-        dropped from conditions. A handler whose locks were busy gets a
-        fresh stream on the same file descriptor, as does a handler that
-        writes to the standard streams (``print`` in another thread may have
-        held their lock); with the stdio integration enabled, handlers that
-        wrote to a replaced ``sys.stdout`` or ``sys.stderr`` write to the
-        replacement. The stream set aside is never flushed or closed (see
-        the stdio integration). Each ``QueueListener`` that was running has
-        its queue emptied (the parent handles those records) and its
-        ``QueueHandler`` s hand records straight to it: the child's records
-        are handled at once, in the logging thread, and none is lost when
-        the child ends with ``os._exit``. ``BufferingHandler`` buffers (the
-        parent's records) are emptied.
+        The handler locks it took are released (those the standard library
+        already reset are left). Every other lock of every handler (a
+        ``Lock``, ``RLock`` or ``Condition`` attribute, and those of a
+        ``queue.Queue`` attribute), of the listeners' queues and of
+        structlog's files is re-created in place (``_at_fork_reinit``,
+        which takes no lock), and the conditions forget the parent's waiting
+        threads. A busy handler gets a fresh stream on the same file
+        descriptor, and so does a handler writing to a standard stream
+        (``print()`` in another thread may have held its lock); with the
+        stdio integration, such handlers write to its replacements. A
+        stream set aside is never flushed or closed (see the stdio
+        integration). Each listener that was running has its queue emptied
+        (the parent handles those records) and its ``QueueHandler`` s hand
+        records straight to it: the child's records are handled at once, in
+        the logging thread, and none is lost when the child ends with
+        ``os._exit``. ``BufferingHandler`` buffers are emptied.
 
-Re-creating a busy ``Lock`` in place means that a thread which forked while
-holding a handler's plain ``Lock`` cannot release it in the child (the
-standard library does the same with handler locks); an ``RLock`` held by the
-forking thread is kept.
+An ``RLock`` held by the forking thread itself stays held in the child, so
+that the thread can release it there; a plain ``Lock`` it holds is
+re-created (a ``Lock`` records no owner), as the standard library does with
+handler locks, and cannot be released in the child. Queues of other kinds
+(``multiprocessing``'s) are left as they are.
+
+With ``enable(shared_rotation=True)``, ``RotatingFileHandler`` and
+``TimedRotatingFileHandler`` shared by forked processes rotate safely (see
+:func:`enable`).
 
 .. versionadded:: 0.1
 """
@@ -68,6 +81,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+from _thread import _count as _thread_count
 from _thread import get_ident
 from typing import Any
 
@@ -88,68 +102,72 @@ _LOCK_TYPES = frozenset({type(threading.Lock()), *_RLOCK_TYPES})
 class _Fork:
     """What the prepare phase of one fork found, for its parent and child."""
 
-    __slots__ = (
-        "acquired",
-        "busy",
-        "conditions",
-        "handlers",
-        "listeners",
-        "module_lock",
-        "suspects",
-    )
+    __slots__ = ("acquired", "busy", "listeners", "module_lock", "threaded")
 
-    def __init__(self) -> None:
+    def __init__(self, threaded: bool = True) -> None:
+        #: Whether other threads existed: without them no lock can be held
+        #: and no stream be in the middle of a write.
+        self.threaded = threaded
         self.module_lock = False
-        #: Locks taken in prepare, in the order taken.
+        #: Handler locks taken in prepare, in the order taken.
         self.acquired: list[Any] = []
-        #: Locks found busy: re-created in the child.
-        self.busy: list[Any] = []
-        self.conditions: list[threading.Condition] = []
-        self.handlers: list[logging.Handler] = []
-        #: ids of the streams the child must not use: those of handlers
-        #: with a busy lock, and the standard streams.
-        self.suspects: set[int] = set()
+        #: Handlers whose lock was busy: a thread was in the middle of a
+        #: record, maybe of a write to the handler's stream.
+        self.busy: list[logging.Handler] = []
+        #: QueueListeners whose thread was running.
         self.listeners: list[Any] = []
 
+
+# The fork of a process with one thread: nothing to record.
+_ALONE = _Fork(threaded=False)
 
 # Forks in progress, by forking thread: two threads may fork at once.
 _forks: dict[int, _Fork] = {}
 
-
-def _collect(values: Any, found: list[Any], conditions: list[Any], queue_type: Any) -> None:
-    """Add the locks and conditions among ``values`` (and in the queues
-    among them, one level down) to ``found`` and ``conditions``; a
-    condition's lock goes to ``found``."""
-    for value in values:
-        kind = type(value)
-        if kind in _LOCK_TYPES:
-            found.append(value)
-        elif isinstance(value, threading.Condition):
-            conditions.append(value)
-            lock = vars(value).get("_lock")
-            if type(lock) in _LOCK_TYPES:
-                found.append(lock)
-        elif queue_type is not None and isinstance(value, queue_type):
-            _collect(tuple(vars(value).values()), found, conditions, None)
+# Forks done in this process, freed by the next prepare phase. A fork
+# write-protects every page of the parent: freeing a fork's state in the
+# parent phase would write to the page of each object it refers to, which
+# the next prepare phase touches anyway.
+_spent: list[_Fork] = []
 
 
 def _prepare() -> None:
-    fork = _Fork()
+    # Kept short: each page of the parent that this writes to (an object's
+    # reference count is a write, and so is running bytecode on 3.11+) is
+    # copied at the next fork. Locks other than the handlers' own are dealt
+    # with in the child only.
+    if _spent:
+        _spent.clear()
     if _streams.replaced:  # a previous child's: not for this fork
         _streams.replaced.clear()
-    queue_module = sys.modules.get("queue")
-    queue_type = queue_module.Queue if queue_module is not None else None
-    found: list[Any] = []
-    conditions = fork.conditions
-    handlers = fork.handlers
-    # For each handler, the number of locks found up to and including it.
-    ends: list[int] = []
-    for ref in tuple(_handler_refs):
-        handler = ref()
-        if handler is not None:
-            handlers.append(handler)
-            _collect(tuple(vars(handler).values()), found, conditions, queue_type)
-            ends.append(len(found))
+    if _shared_rotation:  # before the file is shared: rotating handlers created since
+        _share_rotation([ref() for ref in tuple(_handler_refs)])
+    # Threads started by threading or _thread, and foreign threads that
+    # logged (a LogRecord registers them with threading).
+    if _thread_count() == 0 and len(_threads) <= 1:
+        _forks[get_ident()] = _ALONE
+        return
+
+    fork = _Fork()
+    handlers: list[Any] = [ref() for ref in tuple(_handler_refs)]  # None: dead
+    try:
+        fork.module_lock = _module_lock.acquire(False)
+        if fork.module_lock:
+            acquired = fork.acquired
+            for handler in handlers:
+                lock: Any = getattr(handler, "lock", None)
+                if type(lock) in _LOCK_TYPES:
+                    if lock.acquire(False):
+                        acquired.append(lock)
+                    else:
+                        fork.busy.append(handler)
+        else:
+            fork.busy.extend(h for h in handlers if h is not None)
+    except BaseException:
+        # Neither parent nor child will run for this fork: let go at once.
+        _parent_release(fork)
+        raise
+    _forks[get_ident()] = fork
 
     handlers_module = sys.modules.get("logging.handlers")
     if handlers_module is not None:
@@ -158,47 +176,7 @@ def _prepare() -> None:
             listener = getattr(vars(thread).get("_target"), "__self__", None)
             if isinstance(listener, listener_type):
                 fork.listeners.append(listener)
-                _collect((listener.queue,), found, conditions, queue_type)
-
-    if _shared_rotation:  # before the file is shared: rotating handlers created since
-        _share_rotation(handlers)
-
-    output = sys.modules.get("structlog._output")
-    write_locks = getattr(output, "WRITE_LOCKS", None)
-    if write_locks is not None:
-        found.extend(write_locks.data.values())
-
-    # A lock may be found more than once (shared by handlers, or a
-    # condition's): each is taken once.
-    locks = {id(lock): lock for lock in found}
-    busy: set[int] = set()
-    try:
-        fork.module_lock = _module_lock.acquire(False)
-        if fork.module_lock:
-            acquired = fork.acquired
-            for key, lock in locks.items():
-                if lock.acquire(False):
-                    acquired.append(lock)
-                else:
-                    busy.add(key)
-                    fork.busy.append(lock)
-        else:
-            busy.update(locks)
-            fork.busy.extend(locks.values())
-    except BaseException:
-        # Neither parent nor child will run for this fork: let go at once.
-        _parent_release(fork)
-        raise
-    _forks[get_ident()] = fork
-
-    suspects = fork.suspects
-    suspects.update(map(id, (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)))
-    if busy:
-        start = 0
-        for handler, end in zip(handlers, ends):
-            if any(id(lock) in busy for lock in found[start:end]):
-                suspects.add(id(vars(handler).get("stream")))
-            start = end
+    _streams.prepare_spares((sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
 
 
 def _parent_release(fork: _Fork) -> None:
@@ -210,41 +188,84 @@ def _parent_release(fork: _Fork) -> None:
 
 def _parent() -> None:
     fork = _forks.pop(get_ident(), None)
-    if fork is not None:
+    if fork is not None and fork.threaded:
         _parent_release(fork)
+        _spent.append(fork)
 
 
 def _child() -> None:
     fork = _forks.pop(get_ident(), None)
-    _forks.clear()  # forks of other threads: those threads are not here
+    if _forks:
+        _forks.clear()  # forks of other threads: those threads are not here
     if fork is None:
         return
-    for lock in fork.acquired:
-        # The standard library resets the handlers' own locks: release only
-        # what is still held. No other thread exists to take it meanwhile.
-        if lock._is_owned() if type(lock) in _RLOCK_TYPES else lock.locked():
-            lock.release()
-    for lock in fork.busy:
-        lock._at_fork_reinit()
-    for condition in fork.conditions:
-        vars(condition)["_waiters"].clear()  # threads of the parent
-    if fork.module_lock and _module_lock._is_owned():  # reset by the standard library
-        _module_lock.release()
-    _repair_streams(fork)
-    if fork.listeners:
-        _repair_queues(fork)
+    threaded = fork.threaded
+    if threaded:
+        for lock in fork.acquired:
+            # The standard library reset the handlers' locks it knows:
+            # release only what is still held. No other thread can take it.
+            if lock._is_owned() if type(lock) in _RLOCK_TYPES else lock.locked():
+                lock.release()
+        if fork.module_lock and _module_lock._is_owned():  # reset by the standard library
+            _module_lock.release()
     handlers_module = sys.modules.get("logging.handlers")
+    if not (threaded or _streams.replaced or handlers_module is not None):
+        return  # nothing to repair: the common case stays cheap
+
+    handlers = [h for h in (ref() for ref in _handler_refs) if h is not None]
+    if threaded:
+        queue_module = sys.modules.get("queue")
+        queue_type = queue_module.Queue if queue_module is not None else None
+        for handler in handlers:
+            _renew(vars(handler).values(), queue_type)
+        for listener in fork.listeners:
+            _renew((listener.queue,), queue_type)
+        output = sys.modules.get("structlog._output")
+        write_locks = getattr(output, "WRITE_LOCKS", None)
+        if write_locks is not None:
+            _renew(write_locks.data.values(), None)
+    _repair_streams(handlers, fork.busy if threaded else None)
+    if fork.listeners:
+        _repair_queues(handlers, fork.listeners)
     if handlers_module is not None:
         buffering = handlers_module.BufferingHandler
-        for handler in fork.handlers:
+        for handler in handlers:
             if isinstance(handler, buffering):
                 handler.buffer.clear()  # the parent's records: the parent flushes them
 
 
-def _repair_streams(fork: _Fork) -> None:
+def _renew(values: Any, queue_type: Any) -> None:
+    """Re-create in place each lock among ``values``, in the conditions and,
+    one level down, in the queues among them, and forget the conditions'
+    waiters (threads of the parent). An ``RLock`` this thread holds is kept:
+    the forking thread may release it in the child."""
+    for value in values:
+        kind = type(value)
+        if kind in _LOCK_TYPES:
+            if kind not in _RLOCK_TYPES or not value._is_owned():
+                value._at_fork_reinit()
+        elif isinstance(value, threading.Condition):
+            lock = vars(value).get("_lock")
+            if type(lock) in _LOCK_TYPES:
+                _renew((lock,), None)
+            vars(value)["_waiters"].clear()
+        elif queue_type is not None and isinstance(value, queue_type):
+            _renew(tuple(vars(value).values()), None)
+
+
+def _repair_streams(handlers: list[logging.Handler], busy: list[logging.Handler] | None) -> None:
+    """Point the handlers at fresh streams where the inherited one may be
+    unusable: with other threads at the fork (``busy`` is not None), the
+    streams of busy handlers and the standard streams (print() in any
+    thread may have held their lock); in any case, the standard streams the
+    stdio integration replaced."""
     replaced = _streams.replaced  # by the stdio integration, in this child
+    suspects: set[int] = set()
+    if busy is not None:
+        suspects.update(map(id, (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)))
+        suspects.update(id(vars(handler).get("stream")) for handler in busy)
     made: dict[int, Any] = {}
-    for handler in fork.handlers:
+    for handler in handlers:
         attributes = vars(handler)
         stream = attributes.get("stream")
         if stream is None:
@@ -252,10 +273,10 @@ def _repair_streams(fork: _Fork) -> None:
         key = id(stream)
         new = replaced.get(key) or made.get(key)
         if new is None:
-            if key not in fork.suspects or not _streams.replaceable(stream):
+            if key not in suspects or not _streams.replaceable(stream):
                 continue
             try:
-                new = made[key] = _streams.fresh_copy(stream)
+                new = made[key] = _streams.take_spare(stream)
             except OSError:  # its descriptor was closed: nothing to write to anyway
                 continue
             _streams.keep_forever(stream)
@@ -263,11 +284,11 @@ def _repair_streams(fork: _Fork) -> None:
         attributes["stream"] = new
 
 
-def _repair_queues(fork: _Fork) -> None:
+def _repair_queues(handlers: list[logging.Handler], listeners: list[Any]) -> None:
     # Both modules are imported: a QueueListener was running.
     queue: Any = sys.modules["queue"]
     queue_handler = sys.modules["logging.handlers"].QueueHandler
-    for listener in fork.listeners:
+    for listener in listeners:
         pending = listener.queue
         if isinstance(pending, queue.Queue):
             pending.queue.clear()  # its deque (a list for LifoQueue and PriorityQueue)
@@ -277,7 +298,7 @@ def _repair_queues(fork: _Fork) -> None:
                 pending.get_nowait()
         else:  # another kind of queue (multiprocessing's): left as it is
             continue
-        for handler in fork.handlers:
+        for handler in handlers:
             if isinstance(handler, queue_handler) and handler.queue is pending:
                 vars(handler)["enqueue"] = listener.handle
 

@@ -15,7 +15,11 @@ What the standard library does, 3.9 - 3.13
     it.
 
 What this module does
-    prepare, parent
+    prepare
+        It has a replacement ready for each of the interpreter's standard
+        streams (made once, and again only when the stream or its
+        configuration changed), so that the child need not build one.
+    parent
         Nothing.
     child
         If ``sys.stdout`` is the interpreter's own stream (it is
@@ -52,6 +56,20 @@ _hook: atfork.Hook | None = None
 _NAMES = (("stdout", "__stdout__"), ("stderr", "__stderr__"))
 
 
+def _own_streams() -> tuple[object, ...]:
+    """The standard streams that are the interpreter's own objects."""
+    return tuple(
+        stream
+        for stream, own in ((sys.stdout, sys.__stdout__), (sys.stderr, sys.__stderr__))
+        if stream is own and stream is not None
+    )
+
+
+def _prepare() -> None:
+    # Made ahead, and kept from fork to fork: see _streams.
+    _streams.prepare_spares(_own_streams())
+
+
 def _child() -> None:
     replaced = _streams.replaced
     replaced.clear()
@@ -64,7 +82,7 @@ def _child() -> None:
         ):
             continue
         try:
-            new = _streams.fresh_copy(stream)
+            new = _streams.take_spare(stream)
         except OSError:  # its descriptor was closed: nothing to write to anyway
             continue
         _streams.keep_forever(stream)
@@ -81,7 +99,7 @@ def enable() -> None:
     """
     global _hook
     if _hook is None:
-        _hook = atfork.atfork(child=_child, priority=PRIORITY_STDIO, name=__name__)
+        _hook = atfork.atfork(_prepare, None, _child, priority=PRIORITY_STDIO, name=__name__)
 
 
 def disable() -> None:

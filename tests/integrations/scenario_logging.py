@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import textwrap
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+import threading
+from typing import Any, Callable, TypeVar
 
 from atfork.testing import run_python
+
+T = TypeVar("T")
 
 #: How long a child may take before it counts as hung, in a run that
 #: expects the hang (without the integrations) ...
@@ -104,11 +106,35 @@ def run(
     return found
 
 
+def side_by_side(*calls: Callable[[], T]) -> list[T]:
+    """Call each of ``calls`` in a thread of its own; their results.
+
+    Plain threads: concurrent.futures.thread would register a before-fork
+    hook (a plain lock) in the test process, which deadlocks a fork made
+    inside a prepare callback (tests/test_dispatch.py has one).
+    """
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException] = []
+
+    def call(index: int) -> None:
+        try:
+            results[index] = calls[index]()
+        except BaseException as exc:  # noqa: BLE001  (raised again below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
 def without_and_with(
     body: str, integrations: tuple[str, ...], *, late: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Run a scenario without the integrations and with them, side by side."""
-    with ThreadPoolExecutor(2) as pool:
-        plain = pool.submit(run, body)
-        fixed = pool.submit(run, body, integrations, late=late)
-        return plain.result(), fixed.result()
+    plain, fixed = side_by_side(lambda: run(body), lambda: run(body, integrations, late=late))
+    return plain, fixed

@@ -7,11 +7,10 @@ import logging
 import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import pytest
-from scenario_logging import HANG, SUCCESS, run, without_and_with
+from scenario_logging import HANG, SUCCESS, run, side_by_side, without_and_with
 
 import atfork.integrations
 from atfork.integrations import logging as atfork_logging
@@ -227,15 +226,14 @@ def test_child_hook_registered_before_logging_was_imported() -> None:
     reinitialisation and hangs on the handler lock another thread held;
     registered with atfork.atfork(), it runs after it (the core does this)."""
     source = CHILD_HOOK_BEFORE_LOGGING
-    with ThreadPoolExecutor(2) as pool:
-        runs = pool.map(
-            partial(run_python, timeout=60),
-            [
-                source.format(hang=HANG),
-                source.format(hang=SUCCESS).replace('sys.argv[-1] == "atfork"', "True"),
-            ],
-        )
-        plain, fixed = runs
+    plain, fixed = side_by_side(
+        partial(run_python, source.format(hang=HANG), timeout=60),
+        partial(
+            run_python,
+            source.format(hang=SUCCESS).replace('sys.argv[-1] == "atfork"', "True"),
+            timeout=60,
+        ),
+    )
     assert plain.stdout.startswith("hang"), plain.stdout + plain.stderr
     assert "in log_in_child" in plain.stdout
     assert "['from the child hook\\n']\n" == fixed.stdout, fixed.stderr
@@ -322,24 +320,35 @@ def test_options_are_checked() -> None:
     assert not atfork_logging.is_enabled()
 
 
-def test_parent_gets_its_locks_back() -> None:
-    """The locks taken without waiting in prepare are free again in the
-    parent, and free in the child."""
+def test_locks_after_the_fork() -> None:
+    """In the parent, the handler locks taken in prepare are free again and
+    a private lock another thread holds is still held; in the child, both
+    are free."""
     handler = logging.Handler()
-    handler.guard = threading.Lock()  # type: ignore[attr-defined]
     held = threading.Lock()
     handler.held = held  # type: ignore[attr-defined]
-    held.acquire()  # held by this thread across the fork: busy
+    holding, done = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with held:
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    holding.wait()
+    lock = handler.lock
+    assert lock is not None
     try:
         atfork_logging.enable()
-        in_child = run_in_child(
-            lambda: (handler.guard.acquire(False), handler.held.acquire(False))  # type: ignore[attr-defined]
-        )
+        in_child = run_in_child(lambda: (lock.acquire(False), held.acquire(False)))
         assert (True, True) == in_child
-        assert handler.guard.acquire(False)  # type: ignore[attr-defined]
+        assert lock.acquire(False)
+        lock.release()
         assert held.locked()
     finally:
-        held.release()
+        done.set()
+        thread.join()
 
 
 def test_rlock_held_by_the_forking_thread_stays_held() -> None:
@@ -460,3 +469,36 @@ def test_shared_rotation_reaches_later_handlers_and_ends(tmp_path: os.PathLike[s
         assert "emit" not in vars(handler)
     finally:
         handler.close()
+
+
+MODULE_LOCK_BUSY = """
+handler = logging.StreamHandler(open(os.devnull, "w"))
+logging.getLogger("config").addHandler(handler)
+module_lock = logging._lock
+holding = threading.Event()
+
+def configure():
+    # As logging.config.dictConfig does: the module lock, then handler locks.
+    with module_lock:
+        holding.set()
+        time.sleep(0.5)  # the fork starts meanwhile
+        with handler.lock:
+            handler.flush()
+
+threading.Thread(target=configure, daemon=True).start()
+holding.wait()
+
+def child():
+    logging.getLogger("config").warning("child")
+    return "logged"
+
+report(outcome(child))
+"""
+
+
+def test_fork_while_logging_is_configured() -> None:
+    """A fork while another thread holds logging's module lock and is about
+    to take a handler lock (as logging.config does) completes: the prepare
+    phase takes no handler lock then, which would deadlock with that thread
+    while the standard library waits for the module lock."""
+    assert {"outcome": "ok", "result": "logged"} == run(MODULE_LOCK_BUSY, ("logging",))

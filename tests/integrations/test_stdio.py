@@ -144,6 +144,8 @@ def test_a_stream_the_program_installed_is_left_alone() -> None:
 
 
 HANDLERS = """
+if {threads!r}:  # another thread may be writing to a standard stream
+    threading.Thread(target=threading.Event().wait, daemon=True).start()
 to_stderr = logging.StreamHandler()
 to_stdout = logging.StreamHandler(sys.stdout)
 inherited = sys.stderr
@@ -160,20 +162,24 @@ report(outcome(child))
 
 
 @pytest.mark.parametrize(
-    ("integrations", "current", "inherited"),
+    ("integrations", "threads", "current", "inherited"),
     [
-        (("stdio",), [False, False], True),
-        (("logging",), [False, False], False),
-        (("logging", "stdio"), [True, True], False),
+        (("stdio",), True, [False, False], True),
+        (("logging",), True, [False, False], False),
+        (("logging",), False, [True, True], True),
+        (("logging", "stdio"), True, [True, True], False),
+        (("logging", "stdio"), False, [True, True], False),
     ],
 )
 def test_logging_handlers_follow_the_new_streams(
-    integrations: tuple[str, ...], current: list[bool], inherited: bool
+    integrations: tuple[str, ...], threads: bool, current: list[bool], inherited: bool
 ) -> None:
     """With both integrations, handlers that wrote to the inherited stdout or
-    stderr write to the replacements; the logging integration alone gives
-    them a fresh stream of their own; stdio alone leaves handlers alone."""
-    result = run(HANDLERS, integrations)["result"]
+    stderr write to the replacements. The logging integration alone gives
+    them a fresh stream of their own when other threads existed at the fork
+    (one of them may have held the stream's lock), and leaves them alone in
+    a process without threads; stdio alone leaves handlers alone."""
+    result = run(HANDLERS.format(threads=threads), integrations)["result"]
     assert (current, inherited, 2) == (result["current"], result["inherited"], result["fileno"])
 
 
