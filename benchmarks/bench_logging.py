@@ -3,7 +3,8 @@ handlers configured.
 
 The handlers: a StreamHandler on stderr, one on stdout, and 8 FileHandlers
 (half of them with a lock of their own as an attribute, as some handlers
-have). For each mode (no integration, logging, stdio, both) this measures
+have). For each mode (no integration, logging, stdio, both), in a process
+with no other thread and in one with an idle thread, this measures
 
 * parent: from the ``os.fork()`` call to its return in the parent;
 * child-ready: from the ``os.fork()`` call to the child having run its
@@ -42,9 +43,10 @@ MODES: dict[str, tuple[str, ...] | None] = {
 _STAMP = struct.Struct("!q")
 
 
-def measure(mode: str, forks: int) -> tuple[float, float, float]:
-    """In this interpreter: configure the handlers, enable ``mode``'s
-    integrations and return the median latencies (ns)."""
+def measure(mode: str, threaded: bool, forks: int) -> tuple[float, float, float]:
+    """In this interpreter: configure the handlers, start an idle thread if
+    ``threaded``, enable ``mode``'s integrations and return the median
+    latencies (ns) and page faults."""
     import logging
     import threading
 
@@ -57,6 +59,8 @@ def measure(mode: str, forks: int) -> tuple[float, float, float]:
         if number % 2:
             handler.guard = threading.Lock()  # type: ignore[attr-defined]
         log.addHandler(handler)
+    if threaded:
+        threading.Thread(target=threading.Event().wait, daemon=True).start()
     integrations = MODES[mode]
     if integrations is not None:
         import atfork.integrations
@@ -80,10 +84,10 @@ def measure(mode: str, forks: int) -> tuple[float, float, float]:
     return statistics.median(parent_ns), statistics.median(child_ns), statistics.median(faults)
 
 
-def run(mode: str, forks: int) -> tuple[float, ...]:
+def run(mode: str, threaded: bool, forks: int) -> tuple[float, ...]:
     """Measure in a fresh interpreter."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(forks)],
+        [sys.executable, __file__, "--child", mode, str(int(threaded)), str(forks)],
         capture_output=True,
         text=True,
         check=True,
@@ -95,40 +99,44 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
     parser.add_argument("--forks", type=int, default=300, help="forks per run (300)")
-    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
-        figures = measure(args.child[0], int(args.child[1]))
+        figures = measure(args.child[0], args.child[1] == "1", int(args.child[2]))
         sys.stdout.flush()  # the handlers' own output first
         print(*figures)
         return 0
 
-    results: dict[str, list[tuple[float, ...]]] = {mode: [] for mode in MODES}
+    cases = [(mode, threaded) for threaded in (False, True) for mode in MODES]
+    results: dict[tuple[str, bool], list[tuple[float, ...]]] = {case: [] for case in cases}
     shuffle = random.Random(0).shuffle
     for _ in range(args.rounds):
-        order = list(MODES)
-        shuffle(order)  # no mode always runs right after another
-        for mode in order:
-            results[mode].append(run(mode, args.forks))
+        order = list(cases)
+        shuffle(order)  # no case always runs right after another
+        for case in order:
+            results[case].append(run(*case, args.forks))
 
-    def median(mode: str, figure: int) -> float:
-        return statistics.median(r[figure] for r in results[mode])
+    def median(case: tuple[str, bool], figure: int) -> float:
+        return statistics.median(r[figure] for r in results[case])
 
     print(
         f"CPython {sys.version.split()[0]}, 10 handlers, {args.rounds} rounds x "
         f"{args.forks} forks, median of per-run medians (us)"
     )
-    print(
-        f"{'integrations':<14}{'parent':>10}{'child-ready':>13}{'ratio':>8}{'ratio':>8}"
-        f"{'faults':>8}"
-    )
-    for mode in MODES:
-        ratios = [median(mode, f) / median("bare", f) for f in (0, 1)]
+    for threaded in (False, True):
+        print("\nwith another thread alive" if threaded else "\nno other thread")
         print(
-            f"{mode:<14}{median(mode, 0) / 1e3:>10.1f}{median(mode, 1) / 1e3:>13.1f}"
-            f"{ratios[0]:>8.2f}{ratios[1]:>8.2f}{median(mode, 2):>8.0f}"
+            f"{'integrations':<14}{'parent':>10}{'child-ready':>13}{'ratio':>8}{'ratio':>8}"
+            f"{'faults':>8}"
         )
-    print("(ratios: parent and child-ready, against a bare fork; faults: the parent's")
+        for mode in MODES:
+            case, bare = (mode, threaded), ("bare", threaded)
+            ratios = [median(case, f) / median(bare, f) for f in (0, 1)]
+            print(
+                f"{mode:<14}{median(case, 0) / 1e3:>10.1f}{median(case, 1) / 1e3:>13.1f}"
+                f"{ratios[0]:>8.2f}{ratios[1]:>8.2f}{median(case, 2):>8.0f}"
+            )
+    print("\n(ratios: parent and child-ready, against a bare fork; faults: the parent's")
     print(" page faults per fork, each page written after a fork being copied)")
     return 0
 

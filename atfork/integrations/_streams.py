@@ -90,41 +90,43 @@ def _config(stream: io.TextIOWrapper) -> tuple[object, ...]:
 
 
 # Replacements made ahead, in the parent, for the standard streams: id of
-# the stream -> (the stream, its configuration then, the replacement). In a
-# child, taking one is a dictionary lookup; making one there would write to
-# several dozen pages of memory shared with the parent, each a page fault.
-_spares: dict[int, tuple[io.TextIOWrapper, tuple[object, ...], io.TextIOWrapper]] = {}
+# the stream -> (the stream, the replacement). In a child, taking one is a
+# dictionary lookup; making one there writes to dozens of pages of memory
+# shared with the parent, each a page fault.
+_spares: dict[int, tuple[io.TextIOWrapper, io.TextIOWrapper]] = {}
+# The sys.stdout and sys.stderr the spares were made for.
+_made_for_out: object = None
+_made_for_err: object = None
 
 
-def prepare_spares(streams: tuple[object, ...]) -> None:
-    """Before a fork: have a replacement ready for each :func:`replaceable`
-    stream of ``streams`` (one made earlier is kept while the stream's
-    configuration is unchanged), and drop those made for streams that are
-    no longer standard streams."""
+def prepare_spares() -> None:
+    """Before a fork: have replacements ready for the standard streams
+    (``sys.stdout``, ``sys.stderr``, ``sys.__stdout__``, ``sys.__stderr__``)
+    that are :func:`replaceable`. Made once, and again when ``sys.stdout``
+    or ``sys.stderr`` changed; a stream reconfigured since is caught in the
+    child (:func:`take_spare`)."""
+    global _made_for_out, _made_for_err
+    if sys.stdout is _made_for_out and sys.stderr is _made_for_err:
+        return  # checked with as few objects touched as possible: see _spares
+    _spares.clear()
+    streams: tuple[Any, ...] = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
     for stream in streams:
-        if type(stream) is not io.TextIOWrapper:
-            continue
-        entry = _spares.get(id(stream))
-        if entry is not None and entry[1] == _config(stream):
-            continue
-        if replaceable(stream):
+        if id(stream) not in _spares and replaceable(stream):
             with contextlib.suppress(OSError):  # its descriptor was closed: nothing to replace
-                _spares[id(stream)] = (stream, _config(stream), fresh_copy(stream))
-    if len(_spares) > 2:
-        current = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
-        for key in [key for key, entry in _spares.items() if entry[0] not in current]:
-            del _spares[key]
+                _spares[id(stream)] = (stream, fresh_copy(stream))
+    _made_for_out, _made_for_err = sys.stdout, sys.stderr
 
 
 def take_spare(stream: io.TextIOWrapper) -> io.TextIOWrapper:
-    """In a child: the replacement made ahead for ``stream``, or else a new
-    one (:func:`fresh_copy`). A replacement is taken once.
+    """In a child: the replacement made ahead for ``stream`` if it still
+    fits (same stream, same configuration), or else a new one
+    (:func:`fresh_copy`). A replacement is taken once.
 
     :raises OSError: a new one could not be made (the descriptor is closed).
     """
     entry = _spares.pop(id(stream), None)
-    if entry is not None and entry[0] is stream:
-        return entry[2]
+    if entry is not None and entry[0] is stream and _config(entry[1]) == _config(stream):
+        return entry[1]
     return fresh_copy(stream)
 
 

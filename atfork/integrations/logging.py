@@ -138,8 +138,6 @@ def _prepare() -> None:
     # with in the child only.
     if _spent:
         _spent.clear()
-    if _streams.replaced:  # a previous child's: not for this fork
-        _streams.replaced.clear()
     if _shared_rotation:  # before the file is shared: rotating handlers created since
         _share_rotation([ref() for ref in tuple(_handler_refs)])
     # Threads started by threading or _thread, and foreign threads that
@@ -176,7 +174,7 @@ def _prepare() -> None:
             listener = getattr(vars(thread).get("_target"), "__self__", None)
             if isinstance(listener, listener_type):
                 fork.listeners.append(listener)
-    _streams.prepare_spares((sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__))
+    _streams.prepare_spares()
 
 
 def _parent_release(fork: _Fork) -> None:

@@ -56,18 +56,8 @@ _hook: atfork.Hook | None = None
 _NAMES = (("stdout", "__stdout__"), ("stderr", "__stderr__"))
 
 
-def _own_streams() -> tuple[object, ...]:
-    """The standard streams that are the interpreter's own objects."""
-    return tuple(
-        stream
-        for stream, own in ((sys.stdout, sys.__stdout__), (sys.stderr, sys.__stderr__))
-        if stream is own and stream is not None
-    )
-
-
 def _prepare() -> None:
-    # Made ahead, and kept from fork to fork: see _streams.
-    _streams.prepare_spares(_own_streams())
+    _streams.prepare_spares()
 
 
 def _child() -> None:
@@ -112,6 +102,7 @@ def disable() -> None:
     if _hook is not None:
         _hook.unregister()
         _hook = None
+        _streams.replaced.clear()
 
 
 def is_enabled() -> bool:
