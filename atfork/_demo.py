@@ -47,12 +47,12 @@ while select.select([], [write_end], [], 0)[1]:
     time.sleep(0.005)
 time.sleep(0.1)
 
-# The slow reader: from now on the pipe empties.
-got = bytearray()
+# The slow reader empties the pipe from the fork on (started earlier, it
+# could let the thread finish its write before the fork).
 def read():
     while True:
-        got.extend(os.read(read_end, 65536))
-threading.Thread(target=read, daemon=True).start()
+        os.read(read_end, 65536)
+os.register_at_fork(after_in_parent=lambda: threading.Thread(target=read, daemon=True).start())
 
 def child():
     start = time.monotonic()

@@ -221,7 +221,8 @@ def _child() -> None:
         output = sys.modules.get("structlog._output")
         write_locks = getattr(output, "WRITE_LOCKS", None)
         if write_locks is not None:
-            _renew(write_locks.data.values(), None)
+            # A dict, or (structlog 26+) a WeakKeyDictionary and its dict.
+            _renew(getattr(write_locks, "data", write_locks).values(), None)
     _repair_streams(handlers, fork.busy if threaded else None)
     if fork.listeners:
         _repair_queues(handlers, fork.listeners)

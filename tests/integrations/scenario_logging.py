@@ -47,8 +47,10 @@ def block_writing(fd, write):
     time.sleep(0.1)  # from a full pipe to blocked inside write()
 
 
-def drain(fd):
-    """Read pipe fd from now on; return the bytes read so far (growing)."""
+def drain_after_fork(fd):
+    """Read pipe fd from the next fork on (in the parent: the writer must
+    still be blocked when the process forks); return the bytes read so far
+    (growing)."""
     got = bytearray()
 
     def read():
@@ -58,7 +60,13 @@ def drain(fd):
                 return
             got.extend(data)
 
-    threading.Thread(target=read, daemon=True).start()
+    def start():
+        if not started:
+            started.append(threading.Thread(target=read, daemon=True))
+            started[0].start()
+
+    started = []
+    os.register_at_fork(after_in_parent=start)
     return got
 
 

@@ -74,7 +74,7 @@ read_end, write_end = os.pipe()
 log = logging.getLogger("pipe")
 log.addHandler(logging.StreamHandler(open(write_end, "w")))
 block_writing(write_end, lambda: log.warning("p" * 200_000))
-got = drain(read_end)  # a slow reader: from now on the pipe empties
+got = drain_after_fork(read_end)  # a slow reader, from the fork on
 
 def child():
     log.warning("child %d", os.getpid())

@@ -22,7 +22,7 @@ PRINT_WHILE_ANOTHER_THREAD_WRITES = """
 read_end, write_end = os.pipe()
 os.dup2(write_end, 1)  # stdout is now a pipe nobody reads yet
 block_writing(write_end, lambda: print("p" * 200_000, flush=True))
-got = drain(read_end)
+got = drain_after_fork(read_end)  # a slow reader, from the fork on
 
 def child():
     print("child", os.getpid(), flush=True)
