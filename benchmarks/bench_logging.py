@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import resource
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
-import time
+
+from fork_latency import time_forks  # the same measurement
 
 MODES: dict[str, tuple[str, ...] | None] = {
     "bare": None,  # atfork not even imported
@@ -40,7 +39,6 @@ MODES: dict[str, tuple[str, ...] | None] = {
     "stdio": ("stdio",),
     "both": ("logging", "stdio"),
 }
-_STAMP = struct.Struct("!q")
 
 
 def measure(mode: str, threaded: bool, forks: int) -> tuple[float, float, float]:
@@ -67,21 +65,7 @@ def measure(mode: str, threaded: bool, forks: int) -> tuple[float, float, float]
 
         atfork.integrations.enable(*integrations)
 
-    read, write = os.pipe()
-    clock = time.perf_counter_ns
-    parent_ns, child_ns, faults = [], [], []
-    for _ in range(forks):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = clock()
-        pid = os.fork()
-        if pid == 0:
-            os.write(write, _STAMP.pack(clock()))
-            os._exit(0)
-        parent_ns.append(clock() - start)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
-        os.waitpid(pid, 0)
-    return statistics.median(parent_ns), statistics.median(child_ns), statistics.median(faults)
+    return time_forks(forks)
 
 
 def run(mode: str, threaded: bool, forks: int) -> tuple[float, ...]:

@@ -70,6 +70,21 @@ def drain_after_fork(fd):
     return got
 
 
+def fork_while_blocked(read_end, write_end, write, child):
+    """Block write() (200000 "p" bytes) on the pipe, fork and run child()
+    (which writes "child <pid>" and a newline to the pipe and returns its
+    pid) while the pipe drains; report how often the child's line and the
+    parent's bytes arrived. The child's line may land inside the parent's
+    bytes (a write that big is not atomic): the parent's bytes are counted."""
+    block_writing(write_end, write)
+    got = drain_after_fork(read_end)
+    found = outcome(child)
+    line = b"child %d\\n" % found.get("result", 0)
+    hung = found["outcome"] == "hang"
+    wait_for(lambda: (hung or line in got) and got.count(b"p") == 200_000)
+    report(found, lines=got.count(line), parent=got.count(b"p"))
+
+
 def wait_for(predicate, timeout=10.0):
     end = time.monotonic() + timeout
     while not predicate() and time.monotonic() < end:
@@ -146,3 +161,17 @@ def without_and_with(
     """Run a scenario without the integrations and with them, side by side."""
     plain, fixed = side_by_side(lambda: run(body), lambda: run(body, integrations, late=late))
     return plain, fixed
+
+
+def assert_idempotent(integration: Any) -> None:
+    """enable() twice registers one hook; disable() twice is harmless."""
+    integration.enable()
+    hook = integration._hook
+    integration.enable()
+    assert hook is integration._hook
+    assert integration.is_enabled()
+    integration.disable()
+    integration.disable()
+    assert not integration.is_enabled()
+    assert hook is not None
+    assert not hook.active

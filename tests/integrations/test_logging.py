@@ -10,7 +10,14 @@ from collections.abc import Iterator
 from functools import partial
 
 import pytest
-from scenario_logging import HANG, SUCCESS, run, side_by_side, without_and_with
+from scenario_logging import (
+    HANG,
+    SUCCESS,
+    assert_idempotent,
+    run,
+    side_by_side,
+    without_and_with,
+)
 
 import atfork.integrations
 from atfork.integrations import logging as atfork_logging
@@ -73,20 +80,12 @@ STREAM_ON_FULL_PIPE = """
 read_end, write_end = os.pipe()
 log = logging.getLogger("pipe")
 log.addHandler(logging.StreamHandler(open(write_end, "w")))
-block_writing(write_end, lambda: log.warning("p" * 200_000))
-got = drain_after_fork(read_end)  # a slow reader, from the fork on
 
 def child():
     log.warning("child %d", os.getpid())
     return os.getpid()
 
-found = outcome(child)
-line = b"child %d\\n" % found.get("result", 0)
-# The child's line may land inside the parent's record (bigger than a pipe
-# write is atomic): count the parent's bytes.
-hung = found["outcome"] == "hang"
-wait_for(lambda: (hung or line in got) and got.count(b"p") == 200_000)
-report(found, lines=got.count(line), parent=got.count(b"p"))
+fork_while_blocked(read_end, write_end, lambda: log.warning("p" * 200_000), child)
 """
 
 
@@ -293,16 +292,7 @@ def test_disable_restores_the_hang() -> None:
 
 def test_enable_is_idempotent() -> None:
     """enable() twice registers one hook; disable() twice is harmless."""
-    atfork_logging.enable()
-    hook = atfork_logging._hook
-    atfork_logging.enable()
-    assert hook is atfork_logging._hook
-    assert atfork_logging.is_enabled()
-    atfork_logging.disable()
-    atfork_logging.disable()
-    assert not atfork_logging.is_enabled()
-    assert hook is not None
-    assert not hook.active
+    assert_idempotent(atfork_logging)
 
 
 def test_enabled_by_name() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from scenario_logging import run, without_and_with
+from scenario_logging import assert_idempotent, run, without_and_with
 
 from atfork.integrations import stdio
 from atfork.testing import run_python
@@ -21,18 +21,12 @@ def _disabled() -> Iterator[None]:
 PRINT_WHILE_ANOTHER_THREAD_WRITES = """
 read_end, write_end = os.pipe()
 os.dup2(write_end, 1)  # stdout is now a pipe nobody reads yet
-block_writing(write_end, lambda: print("p" * 200_000, flush=True))
-got = drain_after_fork(read_end)  # a slow reader, from the fork on
 
 def child():
     print("child", os.getpid(), flush=True)
     return os.getpid()
 
-found = outcome(child)
-line = b"child %d\\n" % found.get("result", 0)
-hung = found["outcome"] == "hang"
-wait_for(lambda: (hung or line in got) and got.count(b"p") == 200_000)
-report(found, lines=got.count(line), parent=got.count(b"p"))
+fork_while_blocked(read_end, write_end, lambda: print("p" * 200_000, flush=True), child)
 """
 
 
@@ -213,14 +207,7 @@ def test_a_child_of_a_child_gets_fresh_streams_too() -> None:
 
 def test_enable_is_idempotent() -> None:
     """enable() twice registers one hook; disable() twice is harmless."""
-    stdio.enable()
-    hook = stdio._hook
-    stdio.enable()
-    assert hook is stdio._hook
-    assert stdio.is_enabled()
-    stdio.disable()
-    stdio.disable()
-    assert not stdio.is_enabled()
+    assert_idempotent(stdio)
 
 
 INTACT = """\
