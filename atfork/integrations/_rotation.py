@@ -20,6 +20,7 @@ inherited lock file descriptor excludes its parent. Each record costs two
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
@@ -60,7 +61,8 @@ class _SharedEmit:
         except Exception:  # noqa: BLE001  (as logging does: a log call must not raise)
             handler.handleError(record)
         finally:
-            fcntl.lockf(self._fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):  # the lock goes with the descriptor anyway
+                fcntl.lockf(self._fd, fcntl.LOCK_UN)
 
 
 def _follow(handler: Any) -> None:
