@@ -48,7 +48,14 @@ class GuardedHandler(logging.Handler):
 handler = GuardedHandler()
 log = logging.getLogger("private")
 log.addHandler(handler)
-threading.Thread(target=log.warning, args=("parent",), daemon=True).start()
+if {in_emit!r}:
+    threading.Thread(target=log.warning, args=("parent",), daemon=True).start()
+else:  # a background thread of the handler's (a flusher, say) holds it
+    def flusher():
+        with handler.guard:
+            handler.messages.append("parent")
+            threading.Event().wait()
+    threading.Thread(target=flusher, daemon=True).start()
 wait_for(lambda: handler.messages)
 
 def child():
@@ -59,12 +66,17 @@ report(outcome(child))
 """
 
 
-@pytest.mark.parametrize("kind", ["Lock", "RLock", "Condition"])
-def test_handler_private_lock(kind: str) -> None:
-    """Case 1: a handler lock of its own, held by another thread at fork, hangs
-    the child's next log call; with the integration the child logs at once
-    (and the fork does not wait for the stuck thread, which never lets go)."""
-    plain, fixed = without_and_with(PRIVATE_LOCK.format(kind=kind), ("logging",))
+@pytest.mark.parametrize(
+    ("kind", "in_emit"),
+    [("Lock", True), ("RLock", True), ("Condition", True), ("Lock", False)],
+)
+def test_handler_private_lock(kind: str, in_emit: bool) -> None:
+    """Case 1: a handler lock of its own, held by another thread at fork (in
+    emit, or outside any log call), hangs the child's next log call; with the
+    integration the child logs at once (and the fork does not wait for the
+    stuck thread, which never lets go)."""
+    source = PRIVATE_LOCK.format(kind=kind, in_emit=in_emit)
+    plain, fixed = without_and_with(source, ("logging",))
     assert "hang" == plain["outcome"]
     assert "in emit" in plain["stack"]
     assert {"outcome": "ok", "result": ["parent", "child"]} == fixed
@@ -72,7 +84,7 @@ def test_handler_private_lock(kind: str) -> None:
 
 def test_handler_existing_at_enable() -> None:
     """A handler created before enable() is covered like one created after."""
-    fixed = run(PRIVATE_LOCK.format(kind="Lock"), ("logging",), late=True)
+    fixed = run(PRIVATE_LOCK.format(kind="Lock", in_emit=True), ("logging",), late=True)
     assert {"outcome": "ok", "result": ["parent", "child"]} == fixed
 
 
@@ -279,7 +291,7 @@ def test_structlog_file_lock(kind: str) -> None:
 def test_disable_restores_the_hang() -> None:
     """After disable(), a child forked while a handler lock is held hangs
     again, as without the integration."""
-    body = PRIVATE_LOCK.format(kind="Lock").replace(
+    body = PRIVATE_LOCK.format(kind="Lock", in_emit=True).replace(
         "report(outcome(child))",
         "import atfork.integrations.logging as integration\n"
         "integration.enable()\n"
