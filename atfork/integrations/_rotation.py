@@ -21,12 +21,16 @@ inherited lock file descriptor excludes its parent. Each record costs two
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import time
 import weakref
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover  (not POSIX: no fork, nothing to share)
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["share", "unshare"]
 
@@ -94,7 +98,7 @@ def _follow(handler: Any) -> None:
 def share(handler: logging.Handler) -> None:
     """Make ``handler`` (a rotating file handler) rotate under the lock; do
     nothing if it does already, or if its lock file cannot be opened."""
-    if isinstance(vars(handler).get("emit"), _SharedEmit):
+    if fcntl is None or isinstance(vars(handler).get("emit"), _SharedEmit):
         return
     path = getattr(handler, "baseFilename", None)
     if not isinstance(path, str):
