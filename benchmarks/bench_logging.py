@@ -26,11 +26,10 @@ import argparse
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 
-from fork_latency import time_forks  # the same measurement
+from fork_latency import run_fresh, time_forks  # the same measurement
 
 MODES: dict[str, tuple[str, ...] | None] = {
     "bare": None,  # atfork not even imported
@@ -70,13 +69,7 @@ def measure(mode: str, threaded: bool, forks: int) -> tuple[float, float, float]
 
 def run(mode: str, threaded: bool, forks: int) -> tuple[float, ...]:
     """Measure in a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(int(threaded)), str(forks)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return tuple(float(figure) for figure in out.split()[-3:])
+    return run_fresh(__file__, mode, int(threaded), forks)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ import struct
 import subprocess
 import sys
 import time
+from typing import Callable
 
 MODES = ("bare", "register_at_fork", "atfork")
 _STAMP = struct.Struct("!q")
@@ -53,9 +54,12 @@ def measure(mode: str, hooks: int, forks: int) -> tuple[float, float, float]:
     return time_forks(forks)
 
 
-def time_forks(forks: int) -> tuple[float, float, float]:
-    """Fork ``forks`` times; the median parent and child-ready latencies (ns)
-    and page faults of the parent per fork."""
+def time_forks(
+    forks: int, in_child: Callable[[], object] | None = None
+) -> tuple[float, float, float]:
+    """Fork ``forks`` times; return the median parent and child-ready
+    latencies (ns) and the parent's page faults per fork. The child calls
+    ``in_child`` (if given) before it reads the clock."""
     read, write = os.pipe()
     clock = time.perf_counter_ns
     parent_ns, child_ns, faults = [], [], []
@@ -64,6 +68,8 @@ def time_forks(forks: int) -> tuple[float, float, float]:
         start = clock()
         pid = os.fork()
         if pid == 0:
+            if in_child is not None:
+                in_child()
             os.write(write, _STAMP.pack(clock()))
             os._exit(0)
         parent_ns.append(clock() - start)
@@ -79,10 +85,11 @@ def time_forks(forks: int) -> tuple[float, float, float]:
     )
 
 
-def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
-    """Measure in a fresh interpreter."""
+def run_fresh(script: str, *args: object) -> tuple[float, ...]:
+    """Run ``script --child *args`` in a fresh interpreter; return the
+    figures it prints."""
     out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(hooks), str(forks)],
+        [sys.executable, script, "--child", *map(str, args)],
         capture_output=True,
         text=True,
         check=True,
@@ -90,10 +97,15 @@ def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
     return tuple(float(figure) for figure in out.split())
 
 
+def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
+    """Measure in a fresh interpreter."""
+    return run_fresh(__file__, mode, hooks, forks)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
-    parser.add_argument("--forks", type=int, default=300, help="forks per run (300)")
+    parser.add_argument("--rounds", type=int, default=15, help="shuffled rounds (15)")
+    parser.add_argument("--forks", type=int, default=100, help="forks per run (100)")
     parser.add_argument("--hooks", type=int, nargs="+", default=[0, 10, 1000])
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
