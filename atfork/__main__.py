@@ -1,0 +1,3 @@
+from atfork._cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The command line: ``python -m atfork COMMAND``.
+
+Each command is a module of its own with ``HELP`` (one line for
+``--help``), ``add_arguments(parser)`` and ``run(args) -> int`` (the exit
+code); its docstring is the command's description. Adding a command is
+adding its module and one line to ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Sequence
+
+__all__ = ["COMMANDS", "main"]
+
+#: Command name -> the module that implements it, in ``--help`` order.
+COMMANDS = {
+    "demo": "atfork._demo",
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    """The parser of ``python -m atfork`` with every command's subparser."""
+    top = argparse.ArgumentParser(
+        prog="python -m atfork", description="atfork: fork-safety for Python programs."
+    )
+    commands = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        command = commands.add_parser(name, help=module.HELP, description=module.__doc__)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command named in ``argv`` (``sys.argv[1:]`` by default) and
+    return its exit code."""
+    args = parser().parse_args(argv)
+    code: int = args.run(args)
+    return code

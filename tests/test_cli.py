@@ -1,0 +1,56 @@
+"""The command line, python -m atfork (atfork._cli and its commands)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from atfork import _cli
+
+
+def atfork_command(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m atfork ARGS`` with a deadline."""
+    return subprocess.run(
+        [sys.executable, "-m", "atfork", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    """--help names every command."""
+    done = atfork_command("--help")
+    assert 0 == done.returncode
+    for name in _cli.COMMANDS:
+        assert f"    {name} " in done.stdout
+
+
+def test_a_command_is_required() -> None:
+    """Without a command, usage and exit code 2."""
+    with pytest.raises(SystemExit) as stopped:
+        _cli.main([])
+    assert 2 == stopped.value.code
+
+
+def test_demo() -> None:
+    """The demo shows the plain child hung in a logging call, killed at its
+    deadline, and the child with atfork logging; it exits 0."""
+    done = atfork_command("demo", "--timeout", "2")
+    assert 0 == done.returncode, done.stdout + done.stderr
+    plain, fixed = done.stdout.split("\n1. ")[1].split("\n2. ")
+    assert "the child HUNG, and was killed after 2 s. Where it hung:" in plain
+    assert "logging" in plain
+    assert "in child (" in plain
+    assert "the child logged its line in " in fixed
+    assert "atfork works" in fixed
+
+
+def test_demo_rejects_a_bad_timeout() -> None:
+    """--timeout must be a positive number."""
+    with pytest.raises(SystemExit) as stopped:
+        _cli.main(["demo", "--timeout", "0"])
+    assert 2 == stopped.value.code
