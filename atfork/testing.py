@@ -341,7 +341,9 @@ def run_python(
 
     The first line of ``source`` gets a prologue (on the same line, so line
     numbers are kept) that lets the interpreter dump its stack: at the
-    deadline it is dumped, and the interpreter killed.
+    deadline it is dumped, and the interpreter killed, with every process it
+    started (it runs in a process group of its own). Children still holding
+    its output at the deadline after it exited are killed too.
 
     :param env: variables added to (a copy of) this process's environment.
         ``PYTHONUNBUFFERED`` is removed unless ``env`` sets it: it makes
@@ -359,19 +361,26 @@ def run_python(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=environ,
+        # Its own process group: children it forked, which may hold its
+        # output pipes open, are killed with it.
+        start_new_session=True,
     )
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        process.send_signal(DUMP_SIGNAL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            process.communicate(timeout=1.0)  # a moment to write the stacks
-        process.kill()
+        hung = process.poll() is None  # else only its children still hold the pipes
+        if hung:
+            process.send_signal(DUMP_SIGNAL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.communicate(timeout=1.0)  # a moment to write the stacks
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         stdout, stderr = process.communicate()
-        text = stderr.decode("utf-8", "replace")
-        dump = _STACK_DUMP.search(text)
-        stack = text[dump.start() :] if dump else ""
-        return PythonRun(None, stdout.decode("utf-8", "replace"), text, stack)
+        if hung:
+            text = stderr.decode("utf-8", "replace")
+            dump = _STACK_DUMP.search(text)
+            stack = text[dump.start() :] if dump else ""
+            return PythonRun(None, stdout.decode("utf-8", "replace"), text, stack)
     return PythonRun(
         process.returncode,
         stdout.decode("utf-8", "replace"),

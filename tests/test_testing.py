@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from typing import Any
 
@@ -183,3 +184,41 @@ def test_run_python_removes_pythonunbuffered(monkeypatch: pytest.MonkeyPatch) ->
     source = "import os; print(os.environ.get('PYTHONUNBUFFERED'), os.environ.get('EXTRA'))"
     assert "None x\n" == run_python(source, env={"EXTRA": "x"}).stdout
     assert "1 None\n" == run_python(source, env={"PYTHONUNBUFFERED": "1"}).stdout
+
+
+def test_run_python_kills_children_that_hold_its_output() -> None:
+    """A child left behind holding the output pipes does not make the helper wait
+    for ever: it is killed at the deadline, and the interpreter's own result kept."""
+    source = (
+        "import os, threading\n"
+        "if os.fork() == 0:\n"
+        "    threading.Event().wait()  # the child keeps stdout and stderr open\n"
+        "print('parent done', flush=True)\n"
+        "os._exit(4)\n"
+    )
+    result = run_python(source, timeout=2)
+    assert (4, "parent done\n", False) == (result.returncode, result.stdout, result.timed_out)
+
+
+def test_run_python_kills_the_children_of_a_hung_interpreter() -> None:
+    """At the deadline the whole process group goes: a hung interpreter and its child."""
+    source = (
+        "import os, threading\n"
+        "pid = os.fork()\n"
+        "print(pid if pid else '', end='', flush=True)\n"
+        "threading.Event().wait()\n"
+    )
+    result = run_python(source, timeout=1)
+    assert result.timed_out
+    assert gone(int(result.stdout))
+
+
+def gone(pid: int) -> bool:
+    """Whether process ``pid`` disappears within 5 s (killed, once reaped)."""
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
