@@ -11,26 +11,42 @@ from __future__ import annotations
 import argparse
 import importlib
 from collections.abc import Sequence
+from typing import NoReturn
 
 __all__ = ["COMMANDS", "main"]
 
 #: Command name -> the module that implements it, in ``--help`` order.
 COMMANDS = {
     "demo": "atfork._demo",
+    "run": "atfork._run",
+    "doctor": "atfork._doctor",
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reports a usage error in one line, and exits with code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    """The parser of ``python -m atfork`` with every command's subparser."""
-    top = argparse.ArgumentParser(
-        prog="python -m atfork", description="atfork: fork-safety for Python programs."
+    """The parser of ``python -m atfork`` with every command's subparser.
+    A command gets its own parser as ``args.parser``, to report errors."""
+    top = _Parser(prog="python -m atfork", description="atfork: fork-safety for Python programs.")
+    commands = top.add_subparsers(
+        title="commands", metavar="COMMAND", required=True, parser_class=_Parser
     )
-    commands = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
         module = importlib.import_module(module_name)
-        command = commands.add_parser(name, help=module.HELP, description=module.__doc__)
+        command = commands.add_parser(
+            name,
+            help=module.HELP,
+            description=module.__doc__,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        command.set_defaults(run=module.run, parser=command)
     return top
 
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 import atfork
 from atfork._doctor import diagnose, render
 from atfork.integrations import random as atfork_random
+
+# The directory holding the atfork package, for the interpreters started here.
+SOURCE = os.path.dirname(atfork.__path__[0])
 
 
 @pytest.fixture
@@ -46,7 +53,7 @@ def test_report_lists_hooks_threads_and_integrations() -> None:
     assert set(report["integrations"]) >= set(atfork.integrations.BUILTIN)
     assert (True, []) == (report["trial"]["ok"], report["trial"]["problems"])
     text = render(report)
-    assert "urgent  [parent]" in text
+    assert f"urgent  [parent]  {os.path.relpath(__file__)}:{line + 1}" in text
     assert "worker (daemon)" in text
     assert "Trial fork: two children logged, printed, imported" in text
 
@@ -73,3 +80,75 @@ def test_children_with_the_same_random_draws_are_reported() -> None:
     assert [
         "two children drew the same numbers from random: enable the random integration"
     ] == report["trial"]["problems"]
+
+
+# -- the command: python -m atfork doctor ---------------------------------------
+
+PROGRAM = """
+import threading
+import atfork
+
+def reconnect():
+    pass
+
+atfork.atfork(child=reconnect, name="program.reconnect", priority=3)
+threading.Thread(target=threading.Event().wait, name="poller", daemon=True).start()
+
+if __name__ == "__main__":
+    raise SystemExit("the main block must not run")
+"""
+
+
+def doctor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    environ = {**os.environ, "PYTHONPATH": SOURCE}
+    return subprocess.run(
+        [sys.executable, "-m", "atfork", "doctor", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+        env=environ,
+    )
+
+
+def test_command_imports_a_script_and_reports(tmp_path: Path) -> None:
+    """doctor SCRIPT imports the program (not its main block) and shows its hooks and threads."""
+    (tmp_path / "program.py").write_text(PROGRAM)
+    done = doctor("program.py", cwd=tmp_path)
+    assert 0 == done.returncode, done.stderr
+    assert "3  program.reconnect  [child]  program.py:8" in done.stdout
+    assert "poller (daemon)" in done.stdout
+    assert "Trial fork: two children logged, printed, imported" in done.stdout
+
+
+def test_command_prints_json_for_machines(tmp_path: Path) -> None:
+    """--json prints the report as JSON (the trial children's lines go to stderr)."""
+    (tmp_path / "program.py").write_text(PROGRAM)
+    done = doctor("--json", "-m", "program", cwd=tmp_path)
+    report = json.loads(done.stdout)
+    assert ["program.reconnect"] == [h["name"] for h in report["hooks"]]
+    assert report["trial"]["ok"]
+
+
+def test_command_exits_1_when_a_trial_child_hangs(tmp_path: Path) -> None:
+    """A program whose child hangs gets exit code 1 and the stack of the hang."""
+    (tmp_path / "stuck.py").write_text(
+        "import threading, atfork\n"
+        "def wait_for_ever():\n"
+        "    threading.Event().wait()\n"
+        "atfork.atfork(child=wait_for_ever)\n"
+    )
+    done = doctor("--timeout", "1", "stuck.py", cwd=tmp_path)
+    assert 1 == done.returncode
+    assert "a trial child hung for 1 s" in done.stdout
+    assert "in wait_for_ever" in done.stdout
+
+
+def test_command_rejects_a_missing_target(tmp_path: Path) -> None:
+    """A file or module that does not exist is a one-line error, exit code 2."""
+    done = doctor("missing.py", cwd=tmp_path)
+    assert (2, "python -m atfork doctor: error: no such file: 'missing.py' (see --help)\n") == (
+        done.returncode,
+        done.stderr,
+    )

@@ -1,0 +1,139 @@
+"""python -m atfork run: a program with integrations enabled (atfork._run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import atfork
+
+# The directory holding the atfork package, for the interpreters started here.
+SOURCE = os.path.dirname(atfork.__path__[0])
+
+REPORT = """
+import json, os, sys
+from atfork import integrations
+print(json.dumps({
+    "name": __name__,
+    "argv": sys.argv,
+    "enabled": [n for n in integrations.BUILTIN if n != "uwsgi"
+                and integrations.get(n).is_enabled()],
+    "variable": os.environ.get("ATFORK_INTEGRATIONS"),
+}))
+"""
+
+
+def atfork_run(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``python -m atfork run ARGS`` with a deadline."""
+    environ = {k: v for k, v in os.environ.items() if k != "ATFORK_INTEGRATIONS"}
+    environ["PYTHONPATH"] = SOURCE
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "atfork", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+        env=environ,
+    )
+
+
+def test_runs_a_script_as_main_with_its_arguments(tmp_path: Path) -> None:
+    """A script runs as __main__, with its arguments, every general integration enabled."""
+    (tmp_path / "report.py").write_text(REPORT)
+    done = atfork_run("report.py", "a", "--flag", cwd=tmp_path)
+    assert 0 == done.returncode, done.stderr
+    assert {
+        "name": "__main__",
+        "argv": ["report.py", "a", "--flag"],
+        "enabled": ["logging", "random", "stdio", "threading"],
+        "variable": "logging,random,stdio,threading",
+    } == json.loads(done.stdout)
+
+
+def test_runs_a_module_with_the_integrations_named(tmp_path: Path) -> None:
+    """-m runs a module as __main__; --enable picks the integrations; options after
+    the module belong to it."""
+    (tmp_path / "report.py").write_text(REPORT)
+    done = atfork_run("--enable", "stdio,random", "-m", "report", "--verbose", "x", cwd=tmp_path)
+    assert 0 == done.returncode, done.stderr
+    report = json.loads(done.stdout)
+    # As with python -m, argv[0] is the module's file.
+    argv0 = str(tmp_path / "report.py")
+    assert ("__main__", [argv0, "--verbose", "x"]) == (report["name"], report["argv"])
+    assert (["random", "stdio"], "stdio,random") == (report["enabled"], report["variable"])
+
+
+def test_the_variable_chooses_when_no_option_does(tmp_path: Path) -> None:
+    """Without --enable, ATFORK_INTEGRATIONS names the integrations."""
+    (tmp_path / "report.py").write_text(REPORT)
+    done = atfork_run("report.py", cwd=tmp_path, env={"ATFORK_INTEGRATIONS": "logging"})
+    assert ["logging"] == json.loads(done.stdout)["enabled"], done.stderr
+
+
+def test_the_programs_exit_code_is_kept(tmp_path: Path) -> None:
+    """The program's SystemExit becomes the command's exit code."""
+    (tmp_path / "exits.py").write_text("raise SystemExit(3)\n")
+    assert 3 == atfork_run("exits.py", cwd=tmp_path).returncode
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--enable", "logging,nope", "x.py"], "no atfork integration named 'nope'; available: "),
+        (["-m", "no_such_module_here"], "no module named 'no_such_module_here'"),
+        (["missing.py"], "no such file: 'missing.py'"),
+        ([], "a SCRIPT or -m MODULE is required"),
+        (["-m"], "-m needs a MODULE"),
+    ],
+)
+def test_bad_command_lines_are_one_line_errors(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    """A bad name or target is a one-line error and exit code 2; nothing runs."""
+    (tmp_path / "x.py").write_text("print('ran')\n")
+    done = atfork_run(*args, cwd=tmp_path)
+    assert (2, "") == (done.returncode, done.stdout)
+    assert 1 == len(done.stderr.splitlines()), done.stderr
+    assert done.stderr.startswith("python -m atfork run: error: ")
+    assert message in done.stderr
+
+
+SIBLINGS = textwrap.dedent("""
+    import json, random
+    from atfork.testing import run_in_child
+    private = random.Random(1234)  # a program's own generator, seeded once
+    from atfork.integrations import random as atfork_random
+    atfork_random.track(private)
+    print(json.dumps([run_in_child(private.random) for _ in range(3)]))
+""")
+
+
+def test_a_program_run_plainly_and_with_atfork(tmp_path: Path) -> None:
+    """The same program: its forked children repeat each other under plain
+    python, and differ under python -m atfork run."""
+    (tmp_path / "siblings.py").write_text(SIBLINGS)
+    plain = subprocess.run(
+        [sys.executable, "siblings.py"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=tmp_path,
+        env={
+            **os.environ,
+            "PYTHONPATH": SOURCE,
+        },
+    )
+    assert 1 == len(set(json.loads(plain.stdout))), plain.stderr
+    done = atfork_run("siblings.py", cwd=tmp_path)
+    assert 3 == len(set(json.loads(done.stdout))), done.stderr
