@@ -30,7 +30,7 @@ __all__ = [
 
 #: The built-in integrations, by name: each is the module
 #: ``atfork.integrations.NAME``.
-BUILTIN: tuple[str, ...] = ()
+BUILTIN: tuple[str, ...] = ("db",)
 
 ENTRY_POINT_GROUP = "atfork.integrations"
 
