@@ -21,11 +21,12 @@ What breaks without it
 
 What the standard library does
     Nothing, on any of 3.9 to 3.13: ``os.fork`` copies the descriptors and
-    sqlite3 has no fork handling. The drivers do nothing either, except
-    redis-py's pool pid check and SQLAlchemy's documented recipe (a
-    "checkout" event, or ``engine.dispose(close=False)``), which the user
-    must apply to each engine, and which still lets the child's garbage
-    collector close the parent's connections gracefully.
+    sqlite3 has no fork handling. Some drivers guard their finalisers:
+    psycopg2 and psycopg do not close a connection garbage-collected in
+    another process, and redis-py does not shut an inherited socket down;
+    an explicit ``close()`` still ends the shared session. SQLAlchemy
+    documents a recipe (a "checkout" event, or ``engine.dispose(close=False)``)
+    that each program must apply to each engine.
 
 What this module does
     prepare: nothing. parent: releases tracked SQLite connections that were
