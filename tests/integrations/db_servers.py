@@ -29,6 +29,7 @@ code, which prints its findings with ``report()``.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import socket
@@ -44,18 +45,18 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default)
 
 
-PG = {
+PG: dict[str, Any] = {
     "host": _env("ATFORK_PG_HOST", "127.0.0.1"),
     "port": int(_env("ATFORK_PG_PORT", "5432")),
     "user": _env("ATFORK_PG_USER", "postgres"),
     "password": _env("ATFORK_PG_PASSWORD", ""),
     "dbname": _env("ATFORK_PG_DATABASE", "test"),
 }
-REDIS = {
+REDIS: dict[str, Any] = {
     "host": _env("ATFORK_REDIS_HOST", "127.0.0.1"),
     "port": int(_env("ATFORK_REDIS_PORT", "6379")),
 }
-MYSQL = {
+MYSQL: dict[str, Any] = {
     "host": _env("ATFORK_MYSQL_HOST", "127.0.0.1"),
     "port": int(_env("ATFORK_MYSQL_PORT", "3306")),
     "user": _env("ATFORK_MYSQL_USER", "root"),
@@ -63,6 +64,11 @@ MYSQL = {
     "database": _env("ATFORK_MYSQL_DATABASE", "test"),
 }
 SERVERS = {"postgresql": PG, "redis": REDIS, "mysql": MYSQL}
+
+
+def load(module: str) -> Any:
+    """``module``, imported (untyped: the drivers need no stubs here)."""
+    return importlib.import_module(module)
 
 
 def require(server: str | None, *modules: str) -> None:
@@ -91,6 +97,7 @@ PG = {pg!r}
 REDIS = {redis!r}
 MYSQL = {mysql!r}
 ATFORK = {atfork!r}
+CHILD_ALARM = {child_alarm!r}
 if ATFORK:
     from atfork.integrations import db
     db.enable()
@@ -107,6 +114,9 @@ def fork(child):
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:
+        # A child that hangs (waiting for a reply its parent took) must not
+        # outlive the scenario: it holds the scenario's output pipes.
+        signal.alarm(CHILD_ALARM)
         os.close(read)
         try:
             result = child(lambda value: os.write(write, json.dumps(value).encode()))
@@ -162,10 +172,18 @@ def pg_conninfo():
 """
 
 
+def source(body: str, *, atfork: bool, child_alarm: int = 20) -> str:
+    """The prelude and ``body``; a forked child is killed by SIGALRM after
+    ``child_alarm`` seconds."""
+    prelude = _PRELUDE.format(
+        pg=PG, redis=REDIS, mysql=MYSQL, atfork=atfork, child_alarm=child_alarm
+    )
+    return prelude + textwrap.dedent(body)
+
+
 def scenario(body: str, *, atfork: bool, timeout: float = 60.0) -> dict[str, Any]:
     """Run ``body`` after the prelude in a fresh interpreter; its report."""
-    prelude = _PRELUDE.format(pg=PG, redis=REDIS, mysql=MYSQL, atfork=atfork)
-    run = run_python(prelude + textwrap.dedent(body), timeout=timeout)
+    run = run_python(source(body, atfork=atfork), timeout=timeout)
     assert not run.timed_out, f"the scenario hung:\n{run.stderr}"
     assert 0 == run.returncode, run.stderr
     for line in reversed(run.stdout.splitlines()):

@@ -54,10 +54,10 @@ class InheritedConnectionError(RuntimeError):
 def inherited_error(what: str, method: str) -> InheritedConnectionError:
     """The error raised when the child calls ``method`` of ``what``."""
     return InheritedConnectionError(
-        f"{what}.{method}(): this connection was opened before the fork, by the parent of "
-        f"process {os.getpid()}; it carries the parent's server session, so atfork cut this "
-        "child off from it. Open a new connection in the child (pools and engines hand the "
-        "child fresh connections of its own)."
+        f"{what}.{method}(): process {os.getpid()} inherited this connection from its parent "
+        "through fork(); it carries the parent's server session, so atfork cut the child off "
+        "from it. Open a new connection in the child (pools and engines hand the child fresh "
+        "connections of its own)."
     )
 
 
