@@ -132,6 +132,11 @@ def fork(child):
 
 def join(pid, read, timeout=20):
     code = wait_child(pid, timeout=timeout)
+    return code, read_report(read)
+
+
+def read_report(read):
+    # What the child sent (None if nothing), once it has exited.
     data = b""
     while True:
         chunk = os.read(read, 65536)
@@ -139,7 +144,7 @@ def join(pid, read, timeout=20):
             break
         data += chunk
     os.close(read)
-    return code, (json.loads(data) if data else None)
+    return json.loads(data) if data else None
 
 
 def error_name(exc):

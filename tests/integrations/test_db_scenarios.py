@@ -15,8 +15,8 @@ PG_DRIVERS = ["psycopg2", "psycopg"]
 INHERITED = "InheritedConnectionError"
 
 CLOSE = """
-conn = pg_connect({driver!r})
-parent_session = query(conn, "select pg_backend_pid()")[0]
+conn = {connect}
+parent_session = query(conn, "{session}")[0]
 
 def child(send):
     try:
@@ -29,24 +29,36 @@ def child(send):
 
 code, child_used = join(*fork(child))
 try:
-    after = query(conn, "select pg_backend_pid()")[0]
+    after = query(conn, "{session}")[0]
     parent = "same session" if after == parent_session else "another session"
 except Exception as exc:
     parent = error_name(exc) + ": " + str(exc).splitlines()[0]
 report({{"child used it": child_used, "parent": parent}})
 """
 
+CLOSERS = {
+    "psycopg2": ("postgresql", "pg_connect('psycopg2')", "select pg_backend_pid()"),
+    "psycopg": ("postgresql", "pg_connect('psycopg')", "select pg_backend_pid()"),
+    "pymysql": ("mysql", "__import__('pymysql').connect(**MYSQL)", "select connection_id()"),
+}
+CLOSE_ERRORS = {
+    "postgresql": "server closed the connection unexpectedly",
+    "mysql": "(2013, 'Lost connection to MySQL server during query')",
+}
 
-@pytest.mark.parametrize("driver", PG_DRIVERS)
+
+@pytest.mark.parametrize("driver", list(CLOSERS))
 def test_child_close_leaves_parent_session_alive(driver: str) -> None:
-    """A child closing an inherited connection no longer ends the parent's
-    server session; using it raises InheritedConnectionError."""
-    require("postgresql", driver)
-    body = CLOSE.format(driver=driver)
+    """A child closing an inherited connection (psycopg2, psycopg, PyMySQL)
+    no longer ends the parent's server session; using it raises
+    InheritedConnectionError."""
+    server, connect, session = CLOSERS[driver]
+    require(server, driver)
+    body = CLOSE.format(connect=connect, session=session)
     without = scenario(body, atfork=False)
     assert "worked" == without["child used it"]
     assert without["parent"].startswith("OperationalError: ")
-    assert "server closed the connection" in without["parent"]
+    assert CLOSE_ERRORS[server] in without["parent"]
     assert {"child used it": INHERITED, "parent": "same session"} == scenario(body, atfork=True)
 
 
@@ -290,37 +302,3 @@ def test_sqlite_child_exit_leaves_parent_transaction_alone() -> None:
         SQLITE, atfork=False
     )
     assert {"child": "DatabaseError: not authorized", "parent": 1} == scenario(SQLITE, atfork=True)
-
-
-PYMYSQL = """
-import pymysql
-conn = pymysql.connect(**MYSQL)
-parent_session = query(conn, "select connection_id()")[0]
-
-def child(send):
-    try:
-        query(conn, "select 1")
-        used = "worked"
-    except Exception as exc:
-        used = error_name(exc)
-    conn.close()
-    return used
-
-code, child_used = join(*fork(child))
-try:
-    after = query(conn, "select connection_id()")[0]
-    parent = "same session" if after == parent_session else "another session"
-except Exception as exc:
-    parent = error_name(exc)
-report({"child used it": child_used, "parent": parent})
-"""
-
-
-def test_pymysql_child_close_leaves_parent_session_alive() -> None:
-    """A child closing an inherited PyMySQL connection no longer ends the
-    parent's MySQL/MariaDB session."""
-    require("mysql", "pymysql")
-    assert {"child used it": "worked", "parent": "OperationalError"} == scenario(
-        PYMYSQL, atfork=False
-    )
-    assert {"child used it": INHERITED, "parent": "same session"} == scenario(PYMYSQL, atfork=True)

@@ -126,15 +126,7 @@ while waiting and time.monotonic() < deadline:
         if os.waitpid(pid, os.WNOHANG)[0]:
             waiting.discard(pid)
     time.sleep(0.01)
-reports = []
-for pid, read in children:
-    data = b""
-    while True:
-        chunk = os.read(read, 65536)
-        if not chunk:
-            break
-        data += chunk
-    reports.append(json.loads(data) if data else None)
+reports = [read_report(read) for pid, read in children]
 parent_asks(5)
 report({{"parent": tally, "children": reports}})
 """

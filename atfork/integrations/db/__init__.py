@@ -99,17 +99,14 @@ def _ensure_hook() -> None:
 # -- public API ---------------------------------------------------------------------
 
 
-def _installers() -> dict[str, Callable[[Any], None]]:
-    def active(name: str) -> Callable[[], bool]:
-        return lambda: name in _drivers
+def _covers(name: str) -> bool:
+    return name in _drivers
 
+
+def _installers() -> dict[str, Callable[[Any], None]]:
     found: dict[str, Callable[[Any], None]] = {}
-    found.update(_postgres.install(active("psycopg2")))
-    found["psycopg"] = _postgres.install(active("psycopg"))["psycopg"]
-    found["psycopg_pool"] = _postgres.install(active("psycopg_pool"))["psycopg_pool"]
-    found.update(_redis.install(active("redis")))
-    found.update(_mysql.install(active("pymysql")))
-    found.update(_sqlalchemy.install(active("sqlalchemy")))
+    for module in (_postgres, _redis, _mysql, _sqlalchemy):
+        found.update(module.install(_covers))
     return found
 
 

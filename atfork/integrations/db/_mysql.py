@@ -54,42 +54,29 @@ def _quarantine(cls: type, conn: Any, neutralise: q.Neutraliser) -> None:
     q.swap_class(conn, cls)
 
 
-_cache: dict[type, q.Quarantine | None] = {}
-
-
+@q.per_type
 def quarantine_for(conn: Any) -> q.Quarantine | None:
     """How to quarantine a PyMySQL connection, or None."""
-    conn_type = type(conn)
-    try:
-        return _cache[conn_type]
-    except KeyError:
-        pass
-    found: q.Quarantine | None = None
     base = getattr(sys.modules.get("pymysql.connections"), "Connection", None)
-    if isinstance(base, type) and isinstance(conn, base):
-        original = q.original_class(conn_type)
-        cls = q.quarantine_class(original, _BLOCKED, _overrides(original))
-        found = lambda c, n: _quarantine(cls, c, n)  # noqa: E731
-    _cache[conn_type] = found
-    return found
+    if not isinstance(base, type) or not isinstance(conn, base):
+        return None
+    original = q.original_class(type(conn))
+    cls = q.quarantine_class(original, _BLOCKED, _overrides(original))
+    return lambda c, n: _quarantine(cls, c, n)
 
 
 def track(obj: Any, *, auto: bool = False) -> bool:
-    quarantine = quarantine_for(obj)
-    if quarantine is None:
-        return False
-    q.register(obj, quarantine, auto=auto)
-    return True
+    return q.track_connection(obj, quarantine_for, auto=auto)
 
 
-def install(active: Callable[[], bool]) -> dict[str, Callable[[Any], None]]:
-    def register_new(conn: Any) -> None:
-        if active():
-            track(conn, auto=True)
+def install(covers: Callable[[str], bool]) -> dict[str, Callable[[Any], None]]:
+
+    def active() -> bool:
+        return covers("pymysql")
 
     def on_pymysql(module: Any) -> None:
         if active():
             base = sys.modules["pymysql.connections"].Connection
-            q.patch(base, "__init__", lambda f: q.after_init(f, register_new))
+            q.patch(base, "__init__", q.registering_init(active, track))
 
     return {"pymysql": on_pymysql}

@@ -6,6 +6,7 @@ None of them is imported here: their classes are looked up in
 
 from __future__ import annotations
 
+import functools
 import inspect
 import sys
 import threading
@@ -233,55 +234,42 @@ def _pool_types() -> tuple[type, ...]:
     return (found,) if isinstance(found, type) else ()
 
 
-_cache: dict[type, q.Quarantine | None] = {}
-
-
+@q.per_type
 def quarantine_for(conn: Any) -> q.Quarantine | None:
     """How to quarantine a psycopg2 or psycopg connection, or None."""
-    conn_type = type(conn)
-    try:
-        return _cache[conn_type]
-    except KeyError:
-        pass
-    found: q.Quarantine | None = None
     psycopg2_type = _psycopg2_type()
-    psycopg_type = _psycopg_type()
     if psycopg2_type is not None and isinstance(conn, psycopg2_type):
-        found = _quarantine_psycopg2
-    elif psycopg_type is not None and isinstance(conn, psycopg_type):
-        found = _psycopg_quarantine(conn_type)
-    _cache[conn_type] = found
-    return found
+        return _quarantine_psycopg2
+    psycopg_type = _psycopg_type()
+    if psycopg_type is not None and isinstance(conn, psycopg_type):
+        return _psycopg_quarantine(type(conn))
+    return None
+
+
+@q.per_type
+def _pool_quarantine_for(pool: Any) -> q.Quarantine | None:
+    pools = _pool_types()
+    return _pool_quarantine(type(pool)) if pools and isinstance(pool, pools) else None
 
 
 def track(obj: Any, *, auto: bool = False) -> bool:
     """Register ``obj`` if it is one of ours; False if it is not."""
-    pools = _pool_types()
-    if pools and isinstance(obj, pools):
-        register_pool(obj, auto=auto)
+    quarantine = _pool_quarantine_for(obj)
+    if quarantine is not None:
+        q.register(obj, quarantine, auto=auto, keep=True)
         return True
-    quarantine = quarantine_for(obj)
-    if quarantine is None:
-        return False
-    q.register(obj, quarantine, auto=auto)
-    return True
-
-
-def register_pool(pool: Any, *, auto: bool) -> None:
-    pool_type = type(pool)
-    quarantine = _cache.get(pool_type)
-    if quarantine is None:
-        quarantine = _cache[pool_type] = _pool_quarantine(pool_type)
-    q.register(pool, quarantine, auto=auto, keep=True)
+    return q.track_connection(obj, quarantine_for, auto=auto)
 
 
 # -- enable() -------------------------------------------------------------------
 
 
-def install(active: Callable[[], bool]) -> dict[str, Callable[[Any], None]]:
-    """What enable() runs when each library is imported."""
+def install(covers: Callable[[str], bool]) -> dict[str, Callable[[Any], None]]:
+    """What enable() runs when each library is imported; ``covers(name)``
+    tells whether that library is still to be covered."""
 
     def on_psycopg2(module: Any) -> None:
+        active = functools.partial(covers, "psycopg2")
         if not active():
             return
 
@@ -299,16 +287,14 @@ def install(active: Callable[[], bool]) -> dict[str, Callable[[Any], None]]:
 
         q.patch(module, "connect", make)
 
-    def register_new(obj: Any) -> None:
-        if active():
-            track(obj, auto=True)
-
     def on_psycopg(module: Any) -> None:
+        active = functools.partial(covers, "psycopg")
         if active():
-            q.patch(module.BaseConnection, "__init__", lambda f: q.after_init(f, register_new))
+            q.patch(module.BaseConnection, "__init__", q.registering_init(active, track))
 
     def on_pool(module: Any) -> None:
+        active = functools.partial(covers, "psycopg_pool")
         if active():
-            q.patch(module.ConnectionPool, "__init__", lambda f: q.after_init(f, register_new))
+            q.patch(module.ConnectionPool, "__init__", q.registering_init(active, track))
 
     return {"psycopg2": on_psycopg2, "psycopg": on_psycopg, "psycopg_pool": on_pool}

@@ -19,19 +19,21 @@ __all__ = [
     "InheritedConnectionError",
     "Neutraliser",
     "Quarantine",
-    "after_init",
     "forget_auto",
     "inherited_error",
     "is_quarantined",
     "leak",
     "original_class",
     "patch",
+    "per_type",
     "prepare_leak",
     "prune",
     "quarantine_all",
     "quarantine_class",
     "register",
+    "registering_init",
     "swap_class",
+    "track_connection",
     "tracked_count",
     "unpatch",
 ]
@@ -318,12 +320,47 @@ def unpatch() -> None:
                 setattr(owner, name, original)
 
 
-def after_init(original: Callable[..., None], then: Callable[[Any], None]) -> Callable[..., None]:
-    """An ``__init__`` that registers the new object once it is built."""
+def registering_init(
+    active: Callable[[], bool], track: Callable[..., bool]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """For :func:`patch`: an ``__init__`` wrapper that, while ``active()``,
+    registers each new object with ``track(obj, auto=True)``."""
 
-    @functools.wraps(original)
-    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
-        then(self)
+    def make(original: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(original)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if active():
+                track(self, auto=True)
 
-    return __init__
+        return __init__
+
+    return make
+
+
+def per_type(find: Callable[[Any], Quarantine | None]) -> Callable[[Any], Quarantine | None]:
+    """``find(obj)``, remembered per type. It is first asked in the parent,
+    when an object registers, so a child finds the answer ready."""
+    cache: dict[type, Quarantine | None] = {}
+
+    @functools.wraps(find)
+    def lookup(obj: Any) -> Quarantine | None:
+        kind = type(obj)
+        try:
+            return cache[kind]
+        except KeyError:
+            found = cache[kind] = find(obj)
+            return found
+
+    return lookup
+
+
+def track_connection(
+    obj: Any, quarantine_for: Callable[[Any], Quarantine | None], *, auto: bool
+) -> bool:
+    """Register a connection ``quarantine_for`` knows; False if it does not."""
+    quarantine = quarantine_for(obj)
+    if quarantine is None:
+        return False
+    register(obj, quarantine, auto=auto)
+    return True

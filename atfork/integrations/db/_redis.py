@@ -47,23 +47,14 @@ def _connection_type() -> type | None:
     return found if isinstance(found, type) else None
 
 
-_cache: dict[type, q.Quarantine | None] = {}
-
-
+@q.per_type
 def quarantine_for(conn: Any) -> q.Quarantine | None:
     """How to quarantine a redis-py connection, or None."""
-    conn_type = type(conn)
-    try:
-        return _cache[conn_type]
-    except KeyError:
-        pass
-    found: q.Quarantine | None = None
     base = _connection_type()
-    if base is not None and isinstance(conn, base):
-        cls = q.quarantine_class(q.original_class(conn_type), _BLOCKED)
-        found = lambda c, n: _quarantine_connection(cls, c, n)  # noqa: E731
-    _cache[conn_type] = found
-    return found
+    if base is None or not isinstance(conn, base):
+        return None
+    cls = q.quarantine_class(q.original_class(type(conn)), _BLOCKED)
+    return lambda c, n: _quarantine_connection(cls, c, n)
 
 
 def _connections(obj: Any) -> list[Any]:
@@ -104,24 +95,19 @@ def track(obj: Any, *, auto: bool = False) -> bool:
     if holders and isinstance(obj, holders):
         q.register(obj, _quarantine_holder, auto=auto, keep=True)
         return True
-    quarantine = quarantine_for(obj)
-    if quarantine is None:
-        return False
-    q.register(obj, quarantine, auto=auto)
-    return True
+    return q.track_connection(obj, quarantine_for, auto=auto)
 
 
-def install(active: Callable[[], bool]) -> dict[str, Callable[[Any], None]]:
+def install(covers: Callable[[str], bool]) -> dict[str, Callable[[Any], None]]:
     """What enable() runs when redis is imported: every connection object
     registers itself when it is built (it connects later, lazily)."""
 
-    def register_new(conn: Any) -> None:
-        if active():
-            track(conn, auto=True)
+    def active() -> bool:
+        return covers("redis")
 
     def on_redis(module: Any) -> None:
         base = _connection_type()
         if active() and base is not None:
-            q.patch(base, "__init__", lambda f: q.after_init(f, register_new))
+            q.patch(base, "__init__", q.registering_init(active, track))
 
     return {"redis": on_redis}

@@ -35,9 +35,12 @@ def _quarantine_record(
         q.leak(conn)
     else:
         conn_quarantine(conn, neutralise)
+        # Not freed now: its deallocation would cost this fork time.
+        _detached.append(conn)
 
 
 _by_type: dict[type, q.Quarantine] = {}
+_detached: list[Any] = []
 
 
 def _record_quarantine(conn: Any) -> q.Quarantine:
@@ -96,9 +99,12 @@ def track(obj: Any) -> bool:
     return True
 
 
-def install(active: Callable[[], bool]) -> dict[str, Callable[[Any], None]]:
+def install(covers: Callable[[str], bool]) -> dict[str, Callable[[Any], None]]:
     """What enable() runs when SQLAlchemy is imported: a "connect" listener
     on the Pool class, which every pool, existing or future, calls."""
+
+    def active() -> bool:
+        return covers("sqlalchemy")
 
     def on_connect(dbapi_connection: Any, record: Any) -> None:
         if active():
