@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from db_servers import PG, REDIS, load, require
+from db_servers import PG, load, require, scenario
 
 import atfork.integrations
 from atfork._registry import registry
@@ -221,17 +221,21 @@ def test_checked_out_sqlalchemy_connection_in_child() -> None:
 def test_disable_stops_quarantining() -> None:
     """After disable(), connections found by enable() are no longer
     quarantined in children; tracked ones still are."""
-    require("redis", "redis")
-    redis = load("redis")
+    require("postgresql", "psycopg")
+    psycopg = load("psycopg")
     db.enable()
-    found = redis.Connection(**REDIS)
-    tracked = db.track(redis.Connection(**REDIS))
+    found = psycopg.connect(**PG)
+    tracked = db.track(psycopg.connect(**PG))
     db.disable()
+    try:
 
-    def child() -> tuple[str, str]:
-        return type(found).__name__, type(tracked).__name__
+        def child() -> tuple[str, str]:
+            return type(found).__name__, type(tracked).__name__
 
-    assert ("Connection", "InheritedConnection") == run_in_child(child)
+        assert ("Connection", "InheritedConnection") == run_in_child(child)
+    finally:
+        found.close()
+        tracked.close()
 
 
 def test_closed_sqlite_connection_is_released(tmp_path: Path) -> None:
@@ -278,3 +282,82 @@ def test_grandchild_quarantines_the_childs_connections() -> None:
             assert parent == c.execute(select_pid).scalar()
     finally:
         engine.dispose()
+
+
+def _engine_case() -> tuple[Any, Any, Any]:
+    sa = load("sqlalchemy")
+    engine = sa.create_engine("postgresql+psycopg2://", connect_args=PG)
+    select_pid = sa.text("select pg_backend_pid()")
+
+    def session() -> Any:
+        with engine.connect() as c:
+            return c.execute(select_pid).scalar()
+
+    return engine, session, engine.dispose
+
+
+def _pool_case() -> tuple[Any, Any, Any]:
+    psycopg_pool = load("psycopg_pool")
+    conninfo = " ".join(f"{k}={v}" for k, v in PG.items() if v != "")
+    # One connection: the parent's session is always the same one.
+    pool = psycopg_pool.ConnectionPool(conninfo, min_size=1, max_size=1, open=True, timeout=5)
+    pool.wait()
+
+    def session() -> Any:
+        with pool.connection() as c:
+            return c.execute("select pg_backend_pid()").fetchone()[0]
+
+    return pool, session, pool.close
+
+
+@pytest.mark.parametrize(
+    ("case", "modules"),
+    [(_engine_case, ("sqlalchemy", "psycopg2")), (_pool_case, ("psycopg_pool",))],
+    ids=["engine", "psycopg_pool"],
+)
+def test_tracked_engine_or_pool_without_enable(case: Any, modules: tuple[str, ...]) -> None:
+    """track() alone, on an engine or a pool that already holds an idle
+    connection, gives the child its own sessions and leaves the parent's."""
+    require("postgresql", *modules)
+    target, session, close = case()
+    try:
+        parent = session()
+        db.track(target)
+
+        def child() -> bool:
+            own: bool = session() != parent
+            close()
+            return own
+
+        assert run_in_child(child)
+        assert parent == session()
+    finally:
+        close()
+
+
+TRACKED_PUBSUB = """
+import redis
+pubsub = db.track(redis.Redis(**REDIS).pubsub())
+pubsub.subscribe("atfork-tracked")
+
+def child(send):
+    try:
+        pubsub.get_message(timeout=0.1)
+    except db.InheritedConnectionError:
+        return "InheritedConnectionError"
+    return "read the parent's socket"
+
+code, child_result = join(*fork(child))
+report({"child": child_result, "parent": pubsub.get_message(timeout=2)["type"]})
+"""
+
+
+def test_tracked_pubsub_without_enable() -> None:
+    """track() alone covers a PubSub's connection.
+
+    In a fresh interpreter, as every redis test here: see ``require``.
+    """
+    require("redis", "redis")
+    # atfork=False: the prelude does not call enable(); the body tracks.
+    result = scenario(TRACKED_PUBSUB, atfork=False)
+    assert {"child": "InheritedConnectionError", "parent": "subscribe"} == result
