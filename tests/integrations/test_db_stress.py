@@ -103,6 +103,9 @@ def child_main(number, held):
         gc.collect()
         send(mine)
         if number % 2:
+            # Closed first: on 3.13 psycopg_pool's finaliser waits 5 s per
+            # worker thread at interpreter exit (fork or no fork).
+            drop()
             sys.exit(0)  # a normal interpreter exit
     return child
 
@@ -128,6 +131,7 @@ while waiting and time.monotonic() < deadline:
     time.sleep(0.01)
 reports = [read_report(read) for pid, read in children]
 parent_asks(5)
+drop()
 report({{"parent": tally, "children": reports}})
 """
 
