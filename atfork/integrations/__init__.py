@@ -30,7 +30,7 @@ __all__ = [
 
 #: The built-in integrations, by name: each is the module
 #: ``atfork.integrations.NAME``.
-BUILTIN: tuple[str, ...] = ("logging", "random", "stdio", "threading", "uwsgi")
+BUILTIN: tuple[str, ...] = ("db", "logging", "random", "stdio", "threading", "uwsgi")
 
 ENTRY_POINT_GROUP = "atfork.integrations"
 

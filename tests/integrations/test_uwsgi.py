@@ -3,6 +3,7 @@ with a real uWSGI server (pyuwsgi)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -75,6 +76,7 @@ def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[i
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         env=env,
+        start_new_session=True,  # its workers are killed with it, whatever they do
     )
     answers: dict[int, Any] = {}
     try:
@@ -91,7 +93,8 @@ def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[i
         try:
             log = server.communicate(timeout=30)[0]
         except subprocess.TimeoutExpired:
-            server.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(server.pid, signal.SIGKILL)  # workers that outlived the master
             log = server.communicate()[0]
     return answers, log.decode("utf-8", "replace")
 

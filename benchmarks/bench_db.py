@@ -1,0 +1,136 @@
+"""Fork latency with the db integration: two SQLAlchemy engines and a
+psycopg_pool pool tracked, against a bare fork of the same process.
+
+Both modes build the same objects in a fresh interpreter (two engines, each
+with three pooled psycopg2 connections open, and a psycopg_pool pool of four
+open psycopg connections) so that every mode copies the same memory; in the
+``db`` mode ``atfork.integrations.db`` is enabled and the three are tracked.
+It measures:
+
+* parent: from the ``os.fork()`` call to its return in the parent;
+* child-ready: from the ``os.fork()`` call to the child having run its
+  callbacks (here: quarantined nine connections and two pools' records).
+
+The modes take turns over several rounds in shuffled order; the report gives
+the median over rounds of each run's median, and the ratio db / bare.
+Needs the PostgreSQL of the tests (``ATFORK_PG_*``, see
+``tests/integrations/db_servers.py``). Run
+``python benchmarks/bench_db.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import statistics
+import struct
+import subprocess
+import sys
+import time
+import warnings
+
+MODES = ("bare", "db")
+_STAMP = struct.Struct("!q")
+
+
+def _settings() -> dict[str, str]:
+    env = os.environ.get
+    return {
+        "host": env("ATFORK_PG_HOST", "127.0.0.1"),
+        "port": env("ATFORK_PG_PORT", "5432"),
+        "user": env("ATFORK_PG_USER", "postgres"),
+        "password": env("ATFORK_PG_PASSWORD", ""),
+        "dbname": env("ATFORK_PG_DATABASE", "test"),
+    }
+
+
+def measure(mode: str, forks: int) -> tuple[float, float]:
+    """In this interpreter: build the objects and return the median latencies (ns)."""
+    import psycopg_pool
+    import sqlalchemy as sa
+
+    from atfork.integrations import db
+
+    # psycopg_pool's worker threads are alive at every fork.
+    warnings.simplefilter("ignore", DeprecationWarning)
+    if mode == "db":
+        db.enable()
+    pg = _settings()
+    conninfo = " ".join(f"{k}={v}" for k, v in pg.items() if v)
+    engines = [sa.create_engine("postgresql+psycopg2://", connect_args=pg) for _ in range(2)]
+    for engine in engines:
+        held = [engine.connect() for _ in range(3)]
+        for conn in held:
+            conn.execute(sa.text("select 1"))
+            conn.close()
+    pool = psycopg_pool.ConnectionPool(conninfo, min_size=4, open=True)
+    pool.wait()
+    if mode == "db":
+        for target in (*engines, pool):
+            db.track(target)
+    read, write = os.pipe()
+    clock = time.perf_counter_ns
+    parent_ns, child_ns = [], []
+    for _ in range(forks):
+        start = clock()
+        pid = os.fork()
+        if pid == 0:
+            os.write(write, _STAMP.pack(clock()))
+            os._exit(0)
+        parent_ns.append(clock() - start)
+        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
+        os.waitpid(pid, 0)
+    pool.close()
+    for engine in engines:
+        engine.dispose()
+    return statistics.median(parent_ns), statistics.median(child_ns)
+
+
+def run(mode: str, forks: int) -> tuple[float, ...]:
+    """Measure in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(forks)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return tuple(float(figure) for figure in out.split())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (7)")
+    parser.add_argument("--forks", type=int, default=200, help="forks per run (200)")
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(*measure(args.child[0], int(args.child[1])))
+        return 0
+
+    results: dict[str, list[tuple[float, ...]]] = {mode: [] for mode in MODES}
+    shuffle = random.Random(0).shuffle
+    for _ in range(args.rounds):
+        order = list(MODES)
+        shuffle(order)
+        for mode in order:
+            results[mode].append(run(mode, args.forks))
+
+    def median(mode: str, figure: int) -> float:
+        return statistics.median(r[figure] for r in results[mode])
+
+    print(
+        f"CPython {sys.version.split()[0]}, {args.rounds} rounds x {args.forks} forks, "
+        "two engines (3 connections each) and a pool (4 connections), "
+        "median of per-run medians (us)"
+    )
+    print(f"{'mode':<8}{'parent':>10}{'child-ready':>13}")
+    for mode in MODES:
+        print(f"{mode:<8}{median(mode, 0) / 1e3:>10.1f}{median(mode, 1) / 1e3:>13.1f}")
+    ratios = [median("db", f) / median("bare", f) for f in (0, 1)]
+    print(f"\nratio db / bare fork: parent {ratios[0]:.3f}, child-ready {ratios[1]:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,206 @@
+"""The servers the db integration's tests use, and a runner for scenarios.
+
+Settings come from environment variables (tox passes ``ATFORK_*`` on):
+
+========================  ==============  ===========================
+variable                  default         what
+========================  ==============  ===========================
+``ATFORK_PG_HOST``        ``127.0.0.1``   PostgreSQL host
+``ATFORK_PG_PORT``        ``5432``        PostgreSQL port
+``ATFORK_PG_USER``        ``postgres``    PostgreSQL user
+``ATFORK_PG_PASSWORD``    (empty)         PostgreSQL password
+``ATFORK_PG_DATABASE``    ``test``        PostgreSQL database
+``ATFORK_REDIS_HOST``     ``127.0.0.1``   Redis host
+``ATFORK_REDIS_PORT``     ``6379``        Redis port
+``ATFORK_MYSQL_HOST``     ``127.0.0.1``   MySQL or MariaDB host
+``ATFORK_MYSQL_PORT``     ``3306``        MySQL or MariaDB port
+``ATFORK_MYSQL_USER``     ``root``        MySQL user
+``ATFORK_MYSQL_PASSWORD`` (empty)         MySQL password
+``ATFORK_MYSQL_DATABASE`` ``test``        MySQL database
+========================  ==============  ===========================
+
+A test whose server does not answer, or whose driver is not installed,
+skips with the reason (and fails under ``ATFORK_NO_SKIP=1``, as in CI).
+
+Each scenario runs in a fresh interpreter: a prelude (settings, helpers,
+and ``atfork.integrations.db.enable()`` when asked) and then the scenario's
+code, which prints its findings with ``report()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import socket
+import textwrap
+from typing import Any
+
+import pytest
+
+from atfork.testing import run_python
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+PG: dict[str, Any] = {
+    "host": _env("ATFORK_PG_HOST", "127.0.0.1"),
+    "port": int(_env("ATFORK_PG_PORT", "5432")),
+    "user": _env("ATFORK_PG_USER", "postgres"),
+    "password": _env("ATFORK_PG_PASSWORD", ""),
+    "dbname": _env("ATFORK_PG_DATABASE", "test"),
+}
+REDIS: dict[str, Any] = {
+    "host": _env("ATFORK_REDIS_HOST", "127.0.0.1"),
+    "port": int(_env("ATFORK_REDIS_PORT", "6379")),
+}
+MYSQL: dict[str, Any] = {
+    "host": _env("ATFORK_MYSQL_HOST", "127.0.0.1"),
+    "port": int(_env("ATFORK_MYSQL_PORT", "3306")),
+    "user": _env("ATFORK_MYSQL_USER", "root"),
+    "password": _env("ATFORK_MYSQL_PASSWORD", ""),
+    "database": _env("ATFORK_MYSQL_DATABASE", "test"),
+}
+SERVERS = {"postgresql": PG, "redis": REDIS, "mysql": MYSQL}
+
+
+def load(module: str) -> Any:
+    """``module``, imported (untyped: the drivers need no stubs here)."""
+    return importlib.import_module(module)
+
+
+def require(server: str | None, *modules: str) -> None:
+    """Skip unless every driver module is installed and ``server`` answers.
+
+    The modules are looked up, not imported: redis-py imports
+    concurrent.futures, whose before-fork hook takes a plain lock, and a
+    fork started inside a prepare callback (a core test of this suite) would
+    then wait for that lock forever.
+    """
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            pytest.skip(f"{module} is not installed")
+    if server is None:
+        return
+    settings = SERVERS[server]
+    address = (str(settings["host"]), int(settings["port"]))
+    try:
+        socket.create_connection(address, timeout=3).close()
+    except OSError as exc:
+        pytest.skip(
+            f"{server} at {address[0]}:{address[1]} does not answer ({exc}); "
+            f"see tests/integrations/db_servers.py for the ATFORK_* settings"
+        )
+
+
+_PRELUDE = """\
+import gc, json, os, signal, sys, time, warnings
+# 3.12+ warns when a process with threads forks (psycopg_pool has workers).
+warnings.simplefilter("ignore", DeprecationWarning)
+from atfork.testing import wait_child
+PG = {pg!r}
+REDIS = {redis!r}
+MYSQL = {mysql!r}
+ATFORK = {atfork!r}
+CHILD_ALARM = {child_alarm!r}
+from atfork.integrations import db
+if ATFORK:
+    db.enable()
+
+
+def report(result):
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def fork(child):
+    # Run child() in a forked child; its return value comes back as JSON.
+    # A child that must exit through the interpreter's normal shutdown
+    # raises SystemExit itself after send().
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        # A child that hangs (waiting for a reply its parent took) must not
+        # outlive the scenario: it holds the scenario's output pipes.
+        signal.alarm(CHILD_ALARM)
+        os.close(read)
+        try:
+            result = child(lambda value: os.write(write, json.dumps(value).encode()))
+        except Exception as exc:
+            os.write(write, json.dumps({{"error": repr(exc)}}).encode())
+        else:
+            if result is not None:
+                os.write(write, json.dumps(result).encode())
+        os._exit(0)
+    os.close(write)
+    return pid, read
+
+
+def join(pid, read, timeout=20):
+    code = wait_child(pid, timeout=timeout)
+    return code, read_report(read)
+
+
+def read_report(read):
+    # What the child sent (None if nothing), once it has exited.
+    data = b""
+    while True:
+        chunk = os.read(read, 65536)
+        if not chunk:
+            break
+        data += chunk
+    os.close(read)
+    return json.loads(data) if data else None
+
+
+def error_name(exc):
+    return type(exc).__name__
+
+
+def pg_connect(driver):
+    if driver == "psycopg2":
+        import psycopg2
+        conn = psycopg2.connect(**PG)
+        conn.autocommit = True
+        return conn
+    import psycopg
+    return psycopg.connect(**PG, autocommit=True)
+
+
+def query(conn, sql, params=()):
+    cur = conn.cursor()
+    cur.execute(sql, params)
+    return cur.fetchone()
+
+
+def pg_url(driver):
+    return "postgresql+{{}}://{{}}:{{}}@{{}}:{{}}/{{}}".format(
+        driver, PG["user"], PG["password"], PG["host"], PG["port"], PG["dbname"])
+
+
+def pg_conninfo():
+    return " ".join("{{}}={{}}".format(k, v) for k, v in PG.items() if v != "")
+"""
+
+
+def source(body: str, *, atfork: bool, child_alarm: int = 20) -> str:
+    """The prelude and ``body``; a forked child is killed by SIGALRM after
+    ``child_alarm`` seconds."""
+    prelude = _PRELUDE.format(
+        pg=PG, redis=REDIS, mysql=MYSQL, atfork=atfork, child_alarm=child_alarm
+    )
+    return prelude + textwrap.dedent(body)
+
+
+def scenario(body: str, *, atfork: bool, timeout: float = 60.0) -> dict[str, Any]:
+    """Run ``body`` after the prelude in a fresh interpreter; its report."""
+    run = run_python(source(body, atfork=atfork), timeout=timeout)
+    assert not run.timed_out, f"the scenario hung:\n{run.stderr}"
+    assert 0 == run.returncode, run.stderr
+    for line in reversed(run.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    raise AssertionError(f"the scenario reported nothing:\n{run.stdout}\n{run.stderr}")
