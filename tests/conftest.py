@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from collections.abc import Generator, Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
+import atfork
 from atfork._registry import registry
 
 pytest_plugins = ["pytester"]
@@ -22,6 +25,33 @@ def _clean_registry() -> Iterator[None]:
     for hook in registry.hooks():
         if hook not in before:
             hook.unregister()
+
+
+# The directory holding the atfork package under test, for the interpreters
+# the tests start.
+SOURCE = os.path.dirname(atfork.__path__[0])
+
+
+@pytest.fixture
+def atfork_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """Run ``python -m atfork ARGS`` in ``tmp_path`` with a deadline; the atfork
+    under test is importable, and ATFORK_INTEGRATIONS unset unless ``env`` sets it."""
+
+    def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if k != "ATFORK_INTEGRATIONS"}
+        environ["PYTHONPATH"] = SOURCE
+        environ.update(env or {})
+        return subprocess.run(
+            [sys.executable, "-m", "atfork", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=tmp_path,
+            env=environ,
+        )
+
+    return run
 
 
 @pytest.fixture

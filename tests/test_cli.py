@@ -2,28 +2,16 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
+from typing import Any, Callable
 
 import pytest
 
 from atfork import _cli
 
 
-def atfork_command(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m atfork ARGS`` with a deadline."""
-    return subprocess.run(
-        [sys.executable, "-m", "atfork", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def test_help_lists_the_commands() -> None:
+def test_help_lists_the_commands(atfork_cli: Callable[..., Any]) -> None:
     """--help names every command."""
-    done = atfork_command("--help")
+    done = atfork_cli("--help")
     assert 0 == done.returncode
     for name in _cli.COMMANDS:
         assert f"    {name} " in done.stdout
@@ -36,10 +24,10 @@ def test_a_command_is_required() -> None:
     assert 2 == stopped.value.code
 
 
-def test_demo() -> None:
+def test_demo(atfork_cli: Callable[..., Any]) -> None:
     """The demo shows the plain child hung in a logging call, killed at its
     deadline, and the child with atfork logging; it exits 0."""
-    done = atfork_command("demo", "--timeout", "2")
+    done = atfork_cli("demo", "--timeout", "2")
     assert 0 == done.returncode, done.stdout + done.stderr
     plain, fixed = done.stdout.split("\n1. ")[1].split("\n2. ")
     assert "the child HUNG, and was killed after 2 s. Where it hung:" in plain

@@ -5,20 +5,17 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
 import atfork
 from atfork._doctor import diagnose, render
 from atfork.integrations import random as atfork_random
-
-# The directory holding the atfork package, for the interpreters started here.
-SOURCE = os.path.dirname(atfork.__path__[0])
 
 
 @pytest.fixture
@@ -99,39 +96,30 @@ if __name__ == "__main__":
 """
 
 
-def doctor(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    environ = {**os.environ, "PYTHONPATH": SOURCE}
-    return subprocess.run(
-        [sys.executable, "-m", "atfork", "doctor", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd,
-        env=environ,
-    )
-
-
-def test_command_imports_a_script_and_reports(tmp_path: Path) -> None:
+def test_command_imports_a_script_and_reports(
+    tmp_path: Path, atfork_cli: Callable[..., Any]
+) -> None:
     """doctor SCRIPT imports the program (not its main block) and shows its hooks and threads."""
     (tmp_path / "program.py").write_text(PROGRAM)
-    done = doctor("program.py", cwd=tmp_path)
+    done = atfork_cli("doctor", "program.py")
     assert 0 == done.returncode, done.stderr
     assert "3  program.reconnect  [child]  program.py:8" in done.stdout
     assert "poller (daemon)" in done.stdout
     assert "Trial fork: two children logged, printed, imported" in done.stdout
 
 
-def test_command_prints_json_for_machines(tmp_path: Path) -> None:
+def test_command_prints_json_for_machines(tmp_path: Path, atfork_cli: Callable[..., Any]) -> None:
     """--json prints the report as JSON (the trial children's lines go to stderr)."""
     (tmp_path / "program.py").write_text(PROGRAM)
-    done = doctor("--json", "-m", "program", cwd=tmp_path)
+    done = atfork_cli("doctor", "--json", "-m", "program")
     report = json.loads(done.stdout)
     assert ["program.reconnect"] == [h["name"] for h in report["hooks"]]
     assert report["trial"]["ok"]
 
 
-def test_command_exits_1_when_a_trial_child_hangs(tmp_path: Path) -> None:
+def test_command_exits_1_when_a_trial_child_hangs(
+    tmp_path: Path, atfork_cli: Callable[..., Any]
+) -> None:
     """A program whose child hangs gets exit code 1 and the stack of the hang."""
     (tmp_path / "stuck.py").write_text(
         "import threading, atfork\n"
@@ -139,15 +127,15 @@ def test_command_exits_1_when_a_trial_child_hangs(tmp_path: Path) -> None:
         "    threading.Event().wait()\n"
         "atfork.atfork(child=wait_for_ever)\n"
     )
-    done = doctor("--timeout", "1", "stuck.py", cwd=tmp_path)
+    done = atfork_cli("doctor", "--timeout", "1", "stuck.py")
     assert 1 == done.returncode
     assert "a trial child hung for 1 s" in done.stdout
     assert "in wait_for_ever" in done.stdout
 
 
-def test_command_rejects_a_missing_target(tmp_path: Path) -> None:
+def test_command_rejects_a_missing_target(tmp_path: Path, atfork_cli: Callable[..., Any]) -> None:
     """A file or module that does not exist is a one-line error, exit code 2."""
-    done = doctor("missing.py", cwd=tmp_path)
+    done = atfork_cli("doctor", "missing.py")
     assert (2, "python -m atfork doctor: error: no such file: 'missing.py' (see --help)\n") == (
         done.returncode,
         done.stderr,

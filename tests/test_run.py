@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any, Callable
 
 import pytest
 
@@ -29,42 +30,28 @@ print(json.dumps({
 """
 
 
-def atfork_run(
-    *args: str, cwd: Path, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """``python -m atfork run ARGS`` with a deadline."""
-    environ = {k: v for k, v in os.environ.items() if k != "ATFORK_INTEGRATIONS"}
-    environ["PYTHONPATH"] = SOURCE
-    environ.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "atfork", "run", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=cwd,
-        env=environ,
-    )
-
-
-def test_runs_a_script_as_main_with_its_arguments(tmp_path: Path) -> None:
+def test_runs_a_script_as_main_with_its_arguments(
+    tmp_path: Path, atfork_cli: Callable[..., Any]
+) -> None:
     """A script runs as __main__, with its arguments, every general integration enabled."""
     (tmp_path / "report.py").write_text(REPORT)
-    done = atfork_run("report.py", "a", "--flag", cwd=tmp_path)
+    done = atfork_cli("run", "report.py", "a", "--flag")
     assert 0 == done.returncode, done.stderr
     assert {
         "name": "__main__",
         "argv": ["report.py", "a", "--flag"],
-        "enabled": ["logging", "random", "stdio", "threading"],
-        "variable": "logging,random,stdio,threading",
+        "enabled": ["db", "logging", "random", "stdio", "threading"],
+        "variable": "db,logging,random,stdio,threading",
     } == json.loads(done.stdout)
 
 
-def test_runs_a_module_with_the_integrations_named(tmp_path: Path) -> None:
+def test_runs_a_module_with_the_integrations_named(
+    tmp_path: Path, atfork_cli: Callable[..., Any]
+) -> None:
     """-m runs a module as __main__; --enable picks the integrations; options after
     the module belong to it."""
     (tmp_path / "report.py").write_text(REPORT)
-    done = atfork_run("--enable", "stdio,random", "-m", "report", "--verbose", "x", cwd=tmp_path)
+    done = atfork_cli("run", "--enable", "stdio,random", "-m", "report", "--verbose", "x")
     assert 0 == done.returncode, done.stderr
     report = json.loads(done.stdout)
     # As with python -m, argv[0] is the module's file.
@@ -73,17 +60,19 @@ def test_runs_a_module_with_the_integrations_named(tmp_path: Path) -> None:
     assert (["random", "stdio"], "stdio,random") == (report["enabled"], report["variable"])
 
 
-def test_the_variable_chooses_when_no_option_does(tmp_path: Path) -> None:
+def test_the_variable_chooses_when_no_option_does(
+    tmp_path: Path, atfork_cli: Callable[..., Any]
+) -> None:
     """Without --enable, ATFORK_INTEGRATIONS names the integrations."""
     (tmp_path / "report.py").write_text(REPORT)
-    done = atfork_run("report.py", cwd=tmp_path, env={"ATFORK_INTEGRATIONS": "logging"})
+    done = atfork_cli("run", "report.py", env={"ATFORK_INTEGRATIONS": "logging"})
     assert ["logging"] == json.loads(done.stdout)["enabled"], done.stderr
 
 
-def test_the_programs_exit_code_is_kept(tmp_path: Path) -> None:
+def test_the_programs_exit_code_is_kept(tmp_path: Path, atfork_cli: Callable[..., Any]) -> None:
     """The program's SystemExit becomes the command's exit code."""
     (tmp_path / "exits.py").write_text("raise SystemExit(3)\n")
-    assert 3 == atfork_run("exits.py", cwd=tmp_path).returncode
+    assert 3 == atfork_cli("run", "exits.py").returncode
 
 
 @pytest.mark.parametrize(
@@ -97,11 +86,11 @@ def test_the_programs_exit_code_is_kept(tmp_path: Path) -> None:
     ],
 )
 def test_bad_command_lines_are_one_line_errors(
-    tmp_path: Path, args: list[str], message: str
+    tmp_path: Path, atfork_cli: Callable[..., Any], args: list[str], message: str
 ) -> None:
     """A bad name or target is a one-line error and exit code 2; nothing runs."""
     (tmp_path / "x.py").write_text("print('ran')\n")
-    done = atfork_run(*args, cwd=tmp_path)
+    done = atfork_cli("run", *args)
     assert (2, "") == (done.returncode, done.stdout)
     assert 1 == len(done.stderr.splitlines()), done.stderr
     assert done.stderr.startswith("python -m atfork run: error: ")
@@ -118,7 +107,9 @@ SIBLINGS = textwrap.dedent("""
 """)
 
 
-def test_a_program_run_plainly_and_with_atfork(tmp_path: Path) -> None:
+def test_a_program_run_plainly_and_with_atfork(
+    tmp_path: Path, atfork_cli: Callable[..., Any]
+) -> None:
     """The same program: its forked children repeat each other under plain
     python, and differ under python -m atfork run."""
     (tmp_path / "siblings.py").write_text(SIBLINGS)
@@ -135,5 +126,5 @@ def test_a_program_run_plainly_and_with_atfork(tmp_path: Path) -> None:
         },
     )
     assert 1 == len(set(json.loads(plain.stdout))), plain.stderr
-    done = atfork_run("siblings.py", cwd=tmp_path)
+    done = atfork_cli("run", "siblings.py")
     assert 3 == len(set(json.loads(done.stdout))), done.stderr

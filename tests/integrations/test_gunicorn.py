@@ -5,22 +5,19 @@ and database sessions; without it they share the master's."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from db_servers import PG, require
+from servers import free_port, get_json, stop
 
 import atfork
 
@@ -58,20 +55,6 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ask(port: int) -> Any:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-            return json.loads(response.read())
-    except OSError:
-        return None  # not listening yet
-
-
 def first_answers(tmp_path: Path, integrations: str) -> tuple[list[dict[str, Any]], str]:
     """Start gunicorn --preload with three workers; return each worker's first answer."""
     assert GUNICORN is not None
@@ -103,27 +86,14 @@ def first_answers(tmp_path: Path, integrations: str) -> tuple[list[dict[str, Any
         deadline = time.monotonic() + 60
         while len(first) < 3 and time.monotonic() < deadline:
             with ThreadPoolExecutor(6) as pool:
-                for answer in pool.map(lambda _: ask(port), range(6)):
+                for answer in pool.map(lambda _: get_json(port), range(6)):
                     if answer is not None:
                         first.setdefault(answer["pid"], answer)
             if len(first) < 3:
                 time.sleep(0.2)
     finally:
-        log = stop(server)
+        log = stop(server, signal.SIGTERM)
     return list(first.values()), log
-
-
-def stop(server: subprocess.Popen[bytes]) -> str:
-    """Stop the server and every process of its group; return its output."""
-    server.send_signal(signal.SIGTERM)
-    try:
-        return server.communicate(timeout=30)[0].decode("utf-8", "replace")
-    except subprocess.TimeoutExpired:
-        pass
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGKILL)  # workers that outlived the master
-    return server.communicate()[0].decode("utf-8", "replace")
 
 
 def test_without_atfork_workers_share_streams_and_the_database_session(tmp_path: Path) -> None:

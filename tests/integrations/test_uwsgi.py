@@ -3,21 +3,18 @@ with a real uWSGI server (pyuwsgi)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from servers import free_port, get_json, stop
 
 import atfork
 from atfork.integrations import uwsgi as atfork_uwsgi
@@ -40,12 +37,6 @@ def app(environ, start_response):
 """
 
 needs_uwsgi = pytest.mark.skipif(UWSGI is None, reason="pyuwsgi is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[int, Any], str]:
@@ -83,28 +74,14 @@ def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[i
         deadline = time.monotonic() + 30
         while len(answers) < 2 and time.monotonic() < deadline:
             with ThreadPoolExecutor(4) as pool:
-                for answer in pool.map(lambda _: ask(port), range(4)):
+                for answer in pool.map(lambda _: get_json(port), range(4)):
                     if answer is not None:
                         answers[answer["pid"]] = answer["ran"]
             if len(answers) < 2:
                 time.sleep(0.2)
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            log = server.communicate(timeout=30)[0]
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(server.pid, signal.SIGKILL)  # workers that outlived the master
-            log = server.communicate()[0]
-    return answers, log.decode("utf-8", "replace")
-
-
-def ask(port: int) -> Any:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
-            return json.loads(response.read())
-    except OSError:
-        return None  # not listening yet
+        log = stop(server, signal.SIGINT)
+    return answers, log
 
 
 @needs_uwsgi

@@ -1,0 +1,45 @@
+"""Helpers for the tests that start a real server (gunicorn, uWSGI)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import urllib.request
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (at the moment)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_json(port: int) -> Any:
+    """The JSON answer to ``GET /`` on ``port``, or None if nothing listens yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as response:
+            return json.loads(response.read())
+    except OSError:
+        return None
+
+
+def stop(server: subprocess.Popen[bytes], sig: int) -> str:
+    """Stop ``server`` (started with ``start_new_session=True``) with ``sig``;
+    kill its whole process group if it is not gone in 30 s (workers stuck on
+    something the test broke on purpose must not outlive the test). Returns
+    its output."""
+    server.send_signal(sig)
+    try:
+        output = server.communicate(timeout=30)[0]
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(server.pid, signal.SIGKILL)
+        output = server.communicate()[0]
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)  # workers that outlived their master
+    return output.decode("utf-8", "replace")
