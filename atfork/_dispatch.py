@@ -72,7 +72,7 @@ def _without(
 # Each fork write-protects every page of the parent, so each page the
 # dispatcher writes afterwards (a reference count is a write) costs a page
 # fault in each process. The phases therefore touch as few objects as they
-# can: the common case stores the snapshot itself and allocates nothing;
+# can: the common case stores the snapshot itself, allocating no fork state;
 # with nothing registered, each phase reads a few objects and returns.
 _forks: dict[int, Snapshot | _Fork] = {}
 
@@ -136,6 +136,7 @@ def _after_in_child() -> None:
             # PyOS_AfterFork_Child() alone (uWSGI does). check() runs them.
             return
         _registry.pid = getpid()  # for check(): the callbacks run in this process
+        _registry.retired = fork  # released by the next change or rebuild, not now
         if fork.nested:
             _forks[get_ident()] = _nested_done(fork)
             return

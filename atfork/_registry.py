@@ -89,6 +89,10 @@ class _Registry:
         #: The process in which the child callbacks last ran (or atfork was
         #: imported); see ``_dispatch.check()``.
         self.pid = 0
+        #: In a child, what its fork ran, kept until the next change or
+        #: rebuild: its release writes to every hook it holds, a page fault
+        #: each, which has no place right after a fork.
+        self.retired: object = None
 
     def add(self, hook: Hook) -> None:
         hook._key = next(self._keys)
@@ -103,6 +107,7 @@ class _Registry:
         # The version first, then the snapshot dropped: see rebuild().
         self._version = next(self._versions)
         self.snapshot = None
+        self.retired = None
 
     def __contains__(self, hook: Hook) -> bool:
         return hook._key in self._hooks
@@ -118,6 +123,7 @@ class _Registry:
         check below (and the build is redone) or drops the stored snapshot
         after it: a snapshot that misses a change is never kept.
         """
+        self.retired = None
         while True:
             version = self._version
             snapshot = self.snapshot = _build(list(self._hooks.copy().values()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import sys
 import threading
+import weakref
 from typing import Callable
 
 import pytest
@@ -114,6 +115,31 @@ def test_unregister_is_idempotent_and_stops_calls() -> None:
     hook.unregister()
     assert not hook.active
     assert ([], []) == fork_and_collect(log)
+
+
+def test_unregister_in_a_child_releases_the_callbacks() -> None:
+    """A child keeps what its fork ran only until the registry changes:
+    unregistering there lets the callback be collected, as in the parent."""
+
+    class Callback:
+        def __call__(self) -> None:
+            pass
+
+    callback = Callback()
+    hooks = [atfork.atfork(callback, callback, callback)]
+    ref = weakref.ref(callback)
+    del callback
+
+    def in_child() -> bool:
+        hooks.pop().unregister()
+        gc.collect()
+        return ref() is None
+
+    assert run_in_child(in_child)
+    assert ref() is not None  # the parent's registration still holds it
+    hooks.pop().unregister()
+    gc.collect()
+    assert ref() is None
 
 
 def test_hook_is_a_context_manager() -> None:
