@@ -9,7 +9,8 @@ It measures:
 
 * parent: from the ``os.fork()`` call to its return in the parent;
 * child-ready: from the ``os.fork()`` call to the child having run its
-  callbacks (here: quarantined nine connections and two pools' records).
+  callbacks (here: quarantined nine connections and two pools' records);
+* the page faults the parent took per fork.
 
 The modes take turns over several rounds in shuffled order; the report gives
 the median over rounds of each run's median, and the ratio db / bare.
@@ -22,16 +23,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import statistics
-import struct
-import subprocess
 import sys
-import time
 import warnings
 
+from fork_latency import medians, time_forks  # the same measurement
+
 MODES = ("bare", "db")
-_STAMP = struct.Struct("!q")
 
 
 def _settings() -> dict[str, str]:
@@ -45,8 +42,9 @@ def _settings() -> dict[str, str]:
     }
 
 
-def measure(mode: str, forks: int) -> tuple[float, float]:
-    """In this interpreter: build the objects and return the median latencies (ns)."""
+def measure(mode: str, forks: int) -> tuple[float, float, float]:
+    """In this interpreter: build the objects and return the median latencies
+    (ns) and page faults of ``fork_latency.time_forks``."""
     import psycopg_pool
     import sqlalchemy as sa
 
@@ -69,33 +67,11 @@ def measure(mode: str, forks: int) -> tuple[float, float]:
     if mode == "db":
         for target in (*engines, pool):
             db.track(target)
-    read, write = os.pipe()
-    clock = time.perf_counter_ns
-    parent_ns, child_ns = [], []
-    for _ in range(forks):
-        start = clock()
-        pid = os.fork()
-        if pid == 0:
-            os.write(write, _STAMP.pack(clock()))
-            os._exit(0)
-        parent_ns.append(clock() - start)
-        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
-        os.waitpid(pid, 0)
+    figures = time_forks(forks)
     pool.close()
     for engine in engines:
         engine.dispose()
-    return statistics.median(parent_ns), statistics.median(child_ns)
-
-
-def run(mode: str, forks: int) -> tuple[float, ...]:
-    """Measure in a fresh interpreter."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", mode, str(forks)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return tuple(float(figure) for figure in out.split())
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,26 +84,19 @@ def main(argv: list[str] | None = None) -> int:
         print(*measure(args.child[0], int(args.child[1])))
         return 0
 
-    results: dict[str, list[tuple[float, ...]]] = {mode: [] for mode in MODES}
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        order = list(MODES)
-        shuffle(order)
-        for mode in order:
-            results[mode].append(run(mode, args.forks))
-
-    def median(mode: str, figure: int) -> float:
-        return statistics.median(r[figure] for r in results[mode])
+    by_case = medians(__file__, [(mode,) for mode in MODES], args.rounds, args.forks)
+    median = {mode: by_case[(mode,)] for mode in MODES}
 
     print(
         f"CPython {sys.version.split()[0]}, {args.rounds} rounds x {args.forks} forks, "
         "two engines (3 connections each) and a pool (4 connections), "
         "median of per-run medians (us)"
     )
-    print(f"{'mode':<8}{'parent':>10}{'child-ready':>13}")
+    print(f"{'mode':<8}{'parent':>10}{'child-ready':>13}{'faults':>8}")
     for mode in MODES:
-        print(f"{mode:<8}{median(mode, 0) / 1e3:>10.1f}{median(mode, 1) / 1e3:>13.1f}")
-    ratios = [median("db", f) / median("bare", f) for f in (0, 1)]
+        parent, child, faults = median[mode]
+        print(f"{mode:<8}{parent / 1e3:>10.1f}{child / 1e3:>13.1f}{faults:>8.0f}")
+    ratios = [median["db"][f] / median["bare"][f] for f in (0, 1)]
     print(f"\nratio db / bare fork: parent {ratios[0]:.3f}, child-ready {ratios[1]:.3f}")
     return 0
 

@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
-import statistics
 import sys
 import tempfile
 
-from fork_latency import run_fresh, time_forks  # the same measurement
+from fork_latency import Case, medians, time_forks  # the same measurement
 
 MODES: dict[str, tuple[str, ...] | None] = {
     "bare": None,  # atfork not even imported
@@ -67,11 +65,6 @@ def measure(mode: str, threaded: bool, forks: int) -> tuple[float, float, float]
     return time_forks(forks)
 
 
-def run(mode: str, threaded: bool, forks: int) -> tuple[float, ...]:
-    """Measure in a fresh interpreter."""
-    return run_fresh(__file__, mode, int(threaded), forks)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds (5)")
@@ -84,23 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         print(*figures)
         return 0
 
-    cases = [(mode, threaded) for threaded in (False, True) for mode in MODES]
-    results: dict[tuple[str, bool], list[tuple[float, ...]]] = {case: [] for case in cases}
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        order = list(cases)
-        shuffle(order)  # no case always runs right after another
-        for case in order:
-            results[case].append(run(*case, args.forks))
-
-    def median(case: tuple[str, bool], figure: int) -> float:
-        return statistics.median(r[figure] for r in results[case])
-
+    cases: list[Case] = [(mode, threaded) for threaded in (0, 1) for mode in MODES]
+    median = medians(__file__, cases, args.rounds, args.forks)
     print(
         f"CPython {sys.version.split()[0]}, 10 handlers, {args.rounds} rounds x "
         f"{args.forks} forks, median of per-run medians (us)"
     )
-    for threaded in (False, True):
+    for threaded in (0, 1):
         print("\nwith another thread alive" if threaded else "\nno other thread")
         print(
             f"{'integrations':<14}{'parent':>10}{'child-ready':>13}{'ratio':>8}{'ratio':>8}"
@@ -108,10 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         for mode in MODES:
             case, bare = (mode, threaded), ("bare", threaded)
-            ratios = [median(case, f) / median(bare, f) for f in (0, 1)]
+            ratios = [median[case][f] / median[bare][f] for f in (0, 1)]
             print(
-                f"{mode:<14}{median(case, 0) / 1e3:>10.1f}{median(case, 1) / 1e3:>13.1f}"
-                f"{ratios[0]:>8.2f}{ratios[1]:>8.2f}{median(case, 2):>8.0f}"
+                f"{mode:<14}{median[case][0] / 1e3:>10.1f}{median[case][1] / 1e3:>13.1f}"
+                f"{ratios[0]:>8.2f}{ratios[1]:>8.2f}{median[case][2]:>8.0f}"
             )
     print("\n(ratios: parent and child-ready, against a bare fork; faults: the parent's")
     print(" page faults per fork, each page written after a fork being copied)")

@@ -22,11 +22,9 @@ median, with ratios against the bare fork. Run
 from __future__ import annotations
 
 import argparse
-import random
-import statistics
 import sys
 
-from fork_latency import run_fresh, time_forks  # this script's folder is on sys.path
+from fork_latency import Case, medians, time_forks  # this script's folder is on sys.path
 
 
 def measure(mode: str, generators: int, forks: int, draw: bool) -> tuple[float, float, float]:
@@ -67,18 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     n = args.generators
-    cases = [("bare", n), ("fresh", 0), ("fresh", n), ("derived", 0), ("derived", n)]
-    results: dict[tuple[str, int], list[tuple[float, ...]]] = {case: [] for case in cases}
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        order = list(cases)
-        shuffle(order)  # no case always runs right after another
-        for case in order:
-            results[case].append(run_fresh(__file__, *case, args.forks, int(args.draw)))
-
-    def median(case: tuple[str, int], figure: int) -> float:
-        return statistics.median(r[figure] for r in results[case])
-
+    cases: list[Case] = [("bare", n), ("fresh", 0), ("fresh", n), ("derived", 0), ("derived", n)]
+    median = medians(__file__, cases, args.rounds, args.forks, int(args.draw))
     import numpy
 
     print(
@@ -90,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     for case in cases:
         tracked = 0 if case[0] == "bare" else case[1]
         print(
-            f"{case[0]:<10}{tracked:>8}{median(case, 0) / 1e3:>10.1f}"
-            f"{median(case, 1) / 1e3:>13.1f}{median(case, 2):>8.0f}"
+            f"{case[0]:<10}{tracked:>8}{median[case][0] / 1e3:>10.1f}"
+            f"{median[case][1] / 1e3:>13.1f}{median[case][2]:>8.0f}"
         )
     print("\nratios vs the bare fork (parent, child-ready)")
     for case in cases[1:]:
-        ratios = [median(case, f) / median(cases[0], f) for f in (0, 1)]
+        ratios = [median[case][f] / median[cases[0]][f] for f in (0, 1)]
         print(f"  {case[0]:<8} tracked={case[1]:<3} {ratios[0]:.3f}  {ratios[1]:.3f}")
     return 0
 

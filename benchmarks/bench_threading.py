@@ -26,35 +26,13 @@ Run ``python benchmarks/bench_threading.py --help``.
 from __future__ import annotations
 
 import argparse
-import os
-import random
-import resource
-import statistics
-import struct
-import subprocess
 import sys
 import threading
-import time
 import warnings
 
+from fork_latency import medians, time_forks  # the same measurement
+
 MODES = ("bare", "free", "busy", "enabled")
-_STAMP = struct.Struct("!q")
-
-
-def _faults() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _fork_once(write: int) -> tuple[int, int, int]:
-    """Fork once; return the pid, the ns the parent waited for os.fork(),
-    and the page faults the parent took meanwhile."""
-    faults = _faults()
-    start = time.perf_counter_ns()
-    pid = os.fork()
-    if pid == 0:
-        os.write(write, _STAMP.pack(time.perf_counter_ns() - start))
-        os._exit(0)
-    return pid, time.perf_counter_ns() - start, _faults() - faults
 
 
 def measure(mode: str, locks: int, forks: int) -> tuple[float, float, float]:
@@ -64,7 +42,6 @@ def measure(mode: str, locks: int, forks: int) -> tuple[float, float, float]:
     fork is copied, and that, more than the calls, is what fork-time code
     costs)."""
     from atfork.integrations import threading as atfork_threading
-    from atfork.testing import wait_child
 
     # A thread is alive in every mode; forking then warns on 3.12+.
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -86,22 +63,9 @@ def measure(mode: str, locks: int, forks: int) -> tuple[float, float, float]:
     thread = threading.Thread(target=other_thread, daemon=True)
     thread.start()
     holding.wait()
-    read, write = os.pipe()
-    parent_ns, child_ns, faults = [], [], []
-    for _ in range(forks):
-        pid, parent, parent_faults = _fork_once(write)
-        parent_ns.append(parent)
-        faults.append(parent_faults)
-        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0])
-        wait_child(pid)
+    figures = time_forks(forks)
     stop.set()
-    return statistics.median(parent_ns), statistics.median(child_ns), statistics.median(faults)
-
-
-def run(mode: str, locks: int, forks: int) -> tuple[float, ...]:
-    """Measure in a fresh interpreter: this script, in ``--child`` mode."""
-    argv = [sys.executable, __file__, "--child", mode, str(locks), str(forks)]
-    return tuple(map(float, subprocess.check_output(argv, text=True).split()))
+    return figures
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,16 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         print(*measure(args.child[0], int(args.child[1]), int(args.child[2])))
         return 0
 
-    results: dict[str, list[tuple[float, ...]]] = {mode: [] for mode in MODES}
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        order = list(MODES)
-        shuffle(order)  # no mode always runs right after another
-        for mode in order:
-            results[mode].append(run(mode, args.locks, args.forks))
-
-    def median(mode: str, figure: int) -> float:
-        return statistics.median(r[figure] for r in results[mode])
+    by_case = medians(__file__, [(mode,) for mode in MODES], args.rounds, args.locks, args.forks)
+    median = {mode: by_case[(mode,)] for mode in MODES}
 
     print(
         f"CPython {sys.version.split()[0]}, {args.locks} tracked locks, {args.rounds} rounds x "
@@ -132,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"{'mode':<10}{'parent':>10}{'ratio':>8}{'child-ready':>13}{'ratio':>8}{'faults':>8}")
     for mode in MODES:
-        parent, child = median(mode, 0), median(mode, 1)
+        parent, child = median[mode][0], median[mode][1]
         print(
-            f"{mode:<10}{parent / 1e3:>10.1f}{parent / median('bare', 0):>8.2f}"
-            f"{child / 1e3:>13.1f}{child / median('bare', 1):>8.2f}{median(mode, 2):>8.0f}"
+            f"{mode:<10}{parent / 1e3:>10.1f}{parent / median['bare'][0]:>8.2f}"
+            f"{child / 1e3:>13.1f}{child / median['bare'][1]:>8.2f}{median[mode][2]:>8.0f}"
         )
     return 0
 

@@ -97,9 +97,26 @@ def run_fresh(script: str, *args: object) -> tuple[float, ...]:
     return tuple(float(figure) for figure in out.split())
 
 
-def run(mode: str, hooks: int, forks: int) -> tuple[float, ...]:
-    """Measure in a fresh interpreter."""
-    return run_fresh(__file__, mode, hooks, forks)
+Case = tuple[object, ...]
+
+
+def medians(
+    script: str, cases: list[Case], rounds: int, *args: object
+) -> dict[Case, tuple[float, ...]]:
+    """Run ``script --child *case *args`` for every case in a fresh
+    interpreter, ``rounds`` times in shuffled order (no case always runs
+    right after another); return each case's figures, median over rounds."""
+    results: dict[Case, list[tuple[float, ...]]] = {case: [] for case in cases}
+    shuffle = random.Random(0).shuffle
+    for _ in range(rounds):
+        order = list(cases)
+        shuffle(order)
+        for case in order:
+            results[case].append(run_fresh(script, *case, *args))
+    return {
+        case: tuple(statistics.median(figure) for figure in zip(*runs))
+        for case, runs in results.items()
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,18 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         print(*measure(mode, hooks, forks))
         return 0
 
-    cases = [("bare", 0)] + [(m, n) for n in args.hooks for m in MODES[1:]]
-    results: dict[tuple[str, int], list[tuple[float, ...]]] = {case: [] for case in cases}
-    shuffle = random.Random(0).shuffle
-    for _ in range(args.rounds):
-        order = list(cases)
-        shuffle(order)  # no mode always runs right after another
-        for case in order:
-            results[case].append(run(case[0], case[1], args.forks))
-
-    def median(case: tuple[str, int], figure: int) -> float:
-        return statistics.median(r[figure] for r in results[case])
-
+    cases: list[Case] = [("bare", 0)] + [(m, n) for n in args.hooks for m in MODES[1:]]
+    median = medians(__file__, cases, args.rounds, args.forks)
     print(
         f"CPython {sys.version.split()[0]}, {args.rounds} rounds x {args.forks} forks, "
         "median of per-run medians (us)"
@@ -133,8 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'mode':<18}{'hooks':>6}{'parent':>10}{'child-ready':>13}{'faults':>8}")
     for case in cases:
         print(
-            f"{case[0]:<18}{case[1]:>6}{median(case, 0) / 1e3:>10.1f}"
-            f"{median(case, 1) / 1e3:>13.1f}{median(case, 2):>8.0f}"
+            f"{case[0]:<18}{case[1]:>6}{median[case][0] / 1e3:>10.1f}"
+            f"{median[case][1] / 1e3:>13.1f}{median[case][2]:>8.0f}"
         )
     print("\nratios (parent, child-ready)")
     for n in args.hooks:
@@ -142,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             ("os.register_at_fork", ("register_at_fork", n)),
             ("bare fork", ("bare", 0)),
         ):
-            ratios = [median(("atfork", n), f) / median(base, f) for f in (0, 1)]
+            ratios = [median[("atfork", n)][f] / median[base][f] for f in (0, 1)]
             print(f"  atfork / {figure_name:<20} N={n:<5} {ratios[0]:.3f}  {ratios[1]:.3f}")
     return 0
 
