@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -492,10 +492,18 @@ def test_without_fork_registration_works_and_does_nothing() -> None:
 # -- forks that bypass Python's hooks: check() --------------------------------
 
 
-def raw_fork() -> int:
-    """fork() called the way a C extension would: no Python fork hooks run.
-    PyDLL keeps the GIL held across the call, so the child has it."""
-    return int(ctypes.PyDLL(None).fork())
+def in_raw_child(body: Callable[[], list[Any]]) -> list[Any]:
+    """Call ``body`` in a child made by fork() called the way a C extension
+    would (no Python fork hooks run; PyDLL keeps the GIL held across the
+    call, so the child has it) and return what it returned."""
+    read, write = os.pipe()
+    pid = int(ctypes.PyDLL(None).fork())
+    if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
+        os.write(write, repr(body()).encode())
+        os._exit(0)
+    os.close(write)
+    assert 0 == wait_child(pid, timeout=30)
+    return list(eval(os.read(read, 10000)))
 
 
 def test_check_runs_child_callbacks_after_a_raw_fork() -> None:
@@ -503,18 +511,10 @@ def test_check_runs_child_callbacks_after_a_raw_fork() -> None:
     calls: list[str] = []
     atfork.atfork(prepare=lambda: calls.append("prepare"), child=lambda: calls.append("child"))
 
-    def in_child() -> list[object]:
-        read, write = os.pipe()
-        pid = raw_fork()
-        if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
-            seen = [list(calls), atfork.check(), list(calls), atfork.check(), list(calls)]
-            os.write(write, repr(seen).encode())
-            os._exit(0)
-        os.close(write)
-        assert 0 == wait_child(pid, timeout=30)
-        return list(eval(os.read(read, 10000)))
+    def seen() -> list[Any]:
+        return [list(calls), atfork.check(), list(calls), atfork.check(), list(calls)]
 
-    before, ran, after, again, last = run_in_child(in_child)
+    before, ran, after, again, last = run_in_child(lambda: in_raw_child(seen))
     # calls holds what ran in the outer child: prepare, child.
     assert (["prepare", "child"], True, ["prepare", "child", "child"]) == (before, ran, after)
     assert (False, after) == (again, last)
@@ -531,19 +531,11 @@ def test_check_after_pyos_afterfork_child_alone() -> None:
     calls: list[str] = []
     atfork.atfork(prepare=lambda: calls.append("prepare"), child=lambda: calls.append("child"))
 
-    def in_child() -> list[object]:
-        read, write = os.pipe()
-        pid = raw_fork()
-        if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
-            ctypes.pythonapi.PyOS_AfterFork_Child()
-            seen = [list(calls), atfork.check(), list(calls), atfork.check()]
-            os.write(write, repr(seen).encode())
-            os._exit(0)
-        os.close(write)
-        assert 0 == wait_child(pid, timeout=30)
-        return list(eval(os.read(read, 10000)))
+    def seen() -> list[Any]:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return [list(calls), atfork.check(), list(calls), atfork.check()]
 
-    before, ran, after, again = run_in_child(in_child)
+    before, ran, after, again = run_in_child(lambda: in_raw_child(seen))
     assert (["prepare", "child"], True, ["prepare", "child", "child"], False) == (
         before,
         ran,
@@ -622,15 +614,8 @@ def test_fork_origin_of_check() -> None:
     seen: list[str | None] = []
     atfork.atfork(child=lambda: seen.append(atfork.fork_origin()))
 
-    def in_child() -> list[str | None]:
-        read, write = os.pipe()
-        pid = raw_fork()
-        if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
-            atfork.check()
-            os.write(write, repr(seen).encode())
-            os._exit(0)
-        os.close(write)
-        assert 0 == wait_child(pid, timeout=30)
-        return list(eval(os.read(read, 10000)))
+    def checked() -> list[Any]:
+        atfork.check()
+        return seen
 
-    assert ["os.fork", "check"] == run_in_child(in_child)
+    assert ["os.fork", "check"] == run_in_child(lambda: in_raw_child(checked))
