@@ -8,7 +8,9 @@ import os
 import signal
 import socket
 import subprocess
+import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
@@ -26,6 +28,23 @@ def get_json(port: int) -> Any:
             return json.loads(response.read())
     except OSError:
         return None
+
+
+def answers_by_worker(port: int, workers: int, timeout: float) -> dict[int, Any]:
+    """Ask ``GET /`` on ``port`` in bursts of concurrent requests until
+    ``workers`` processes (told apart by the ``pid`` in their JSON answers)
+    have answered, or ``timeout`` seconds passed; return each one's first
+    answer, by pid."""
+    answers: dict[int, Any] = {}
+    deadline = time.monotonic() + timeout
+    while len(answers) < workers and time.monotonic() < deadline:
+        with ThreadPoolExecutor(2 * workers) as pool:
+            for answer in pool.map(lambda _: get_json(port), range(2 * workers)):
+                if answer is not None:
+                    answers.setdefault(answer["pid"], answer)
+        if len(answers) < workers:
+            time.sleep(0.2)
+    return answers
 
 
 def stop(server: subprocess.Popen[bytes], sig: int) -> str:

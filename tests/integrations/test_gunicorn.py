@@ -10,14 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 from db_servers import PG, require
-from servers import free_port, get_json, stop
+from servers import answers_by_worker, free_port, stop
 
 import atfork
 
@@ -85,19 +83,11 @@ def first_answers(tmp_path: Path, integrations: str) -> tuple[list[dict[str, Any
         env=env,
         start_new_session=True,  # its workers are killed with it, whatever they do
     )
-    first: dict[int, dict[str, Any]] = {}
     try:
-        deadline = time.monotonic() + 60
-        while len(first) < 3 and time.monotonic() < deadline:
-            with ThreadPoolExecutor(6) as pool:
-                for answer in pool.map(lambda _: get_json(port), range(6)):
-                    if answer is not None:
-                        first.setdefault(answer["pid"], answer)
-            if len(first) < 3:
-                time.sleep(0.2)
+        answers = answers_by_worker(port, 3, timeout=60)
     finally:
         log = stop(server, signal.SIGTERM)
-    return list(first.values()), log
+    return list(answers.values()), log
 
 
 def test_without_atfork_workers_share_streams_and_the_database_session(tmp_path: Path) -> None:

@@ -8,13 +8,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import free_port, get_json, stop
+from servers import answers_by_worker, free_port, stop
 
 import atfork
 from atfork.integrations import uwsgi as atfork_uwsgi
@@ -69,19 +67,11 @@ def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[i
         env=env,
         start_new_session=True,  # its workers are killed with it, whatever they do
     )
-    answers: dict[int, Any] = {}
     try:
-        deadline = time.monotonic() + 30
-        while len(answers) < 2 and time.monotonic() < deadline:
-            with ThreadPoolExecutor(4) as pool:
-                for answer in pool.map(lambda _: get_json(port), range(4)):
-                    if answer is not None:
-                        answers[answer["pid"]] = answer["ran"]
-            if len(answers) < 2:
-                time.sleep(0.2)
+        answers = answers_by_worker(port, 2, timeout=30)
     finally:
         log = stop(server, signal.SIGINT)
-    return answers, log
+    return {pid: answer["ran"] for pid, answer in answers.items()}, log
 
 
 @needs_uwsgi
