@@ -66,29 +66,27 @@ def safely(action, *args):
     except Exception as exc:
         tally["errors"].append(error_name(exc))
 
-def parent_asks(n, who="parent"):
+def asks(counts, who, n, patience=None):
+    # n queries, counted in counts with crossed replies and errors; after
+    # more than patience errors, give up.
     for _ in range(n):
-        token = "%s-%d" % (who, tally["asked"])
-        tally["asked"] += 1
+        token = "%s-%d" % (who, counts["asked"])
+        counts["asked"] += 1
         try:
             if ask(token) != token:
-                tally["crossed"] += 1
+                counts["crossed"] += 1
         except Exception as exc:
-            tally["errors"].append(error_name(exc))
+            counts["errors"].append(error_name(exc))
+            if patience is not None and len(counts["errors"]) > patience:
+                break
+
+def parent_asks(n):
+    asks(tally, "parent", n)
 
 def child_main(number, held):
     def child(send):
         mine = {{"asked": 0, "crossed": 0, "errors": [], "held": None}}
-        for n in range(QUERIES):
-            token = "child%d-%d" % (number, n)
-            mine["asked"] += 1
-            try:
-                if ask(token) != token:
-                    mine["crossed"] += 1
-            except Exception as exc:
-                mine["errors"].append(error_name(exc))
-                if len(mine["errors"]) > 2:
-                    break
+        asks(mine, "child%d" % number, QUERIES, patience=2)
         if held is not None:  # the parent's connection, mid-transaction
             try:
                 if KIND == "engine":
