@@ -45,15 +45,6 @@ def _overrides(cls: type) -> dict[str, Any]:
     return {"rollback": rollback}
 
 
-def _quarantine(cls: type, conn: Any, neutralise: q.Neutraliser) -> None:
-    if q.is_quarantined(conn):
-        return
-    sock = vars(conn).get("_sock")
-    if sock is not None:
-        neutralise(sock.fileno())  # close()'s COM_QUIT now fails locally
-    q.swap_class(conn, cls)
-
-
 @q.per_type
 def quarantine_for(conn: Any) -> q.Quarantine | None:
     """How to quarantine a PyMySQL connection, or None."""
@@ -61,8 +52,8 @@ def quarantine_for(conn: Any) -> q.Quarantine | None:
     if not isinstance(base, type) or not isinstance(conn, base):
         return None
     original = q.original_class(type(conn))
-    cls = q.quarantine_class(original, _BLOCKED, _overrides(original))
-    return lambda c, n: _quarantine(cls, c, n)
+    # Its socket neutralised, close()'s COM_QUIT fails locally.
+    return q.sock_quarantine(q.quarantine_class(original, _BLOCKED, _overrides(original)))
 
 
 def track(obj: Any, *, auto: bool = False) -> bool:

@@ -32,6 +32,7 @@ __all__ = [
     "quarantine_class",
     "register",
     "registering_init",
+    "sock_quarantine",
     "swap_class",
     "track_connection",
     "tracked_count",
@@ -289,6 +290,22 @@ def quarantine_class(
 def swap_class(obj: object, quarantined: type) -> None:
     if type(obj) is not quarantined and not is_quarantined(obj):
         obj.__class__ = quarantined
+
+
+def sock_quarantine(quarantined: type) -> Quarantine:
+    """How to quarantine a pure-Python connection that keeps its socket in
+    ``_sock`` (PyMySQL, redis-py): the socket neutralised, the class
+    switched to ``quarantined``."""
+
+    def quarantine(conn: Any, neutralise: Neutraliser) -> None:
+        if is_quarantined(conn):
+            return
+        sock = vars(conn).get("_sock")
+        if sock is not None:
+            neutralise(sock.fileno())
+        swap_class(conn, quarantined)
+
+    return quarantine
 
 
 # -- patches installed by enable() -----------------------------------------------

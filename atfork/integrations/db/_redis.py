@@ -29,18 +29,6 @@ _BLOCKED = (
 )
 
 
-def _quarantine_connection(cls: type, conn: Any, neutralise: q.Neutraliser) -> None:
-    if q.is_quarantined(conn):
-        return
-    sock = vars(conn).get("_sock")
-    if sock is not None:
-        neutralise(sock.fileno())
-    # disconnect() stays: it closes the child's descriptor only, since
-    # redis-py skips shutdown() in a process other than the one that
-    # connected; and the pool's own pid check drops the connection.
-    q.swap_class(conn, cls)
-
-
 def _connection_type() -> type | None:
     module = sys.modules.get("redis.connection")
     found = getattr(module, "AbstractConnection", None) or getattr(module, "Connection", None)
@@ -53,8 +41,10 @@ def quarantine_for(conn: Any) -> q.Quarantine | None:
     base = _connection_type()
     if base is None or not isinstance(conn, base):
         return None
-    cls = q.quarantine_class(q.original_class(type(conn)), _BLOCKED)
-    return lambda c, n: _quarantine_connection(cls, c, n)
+    # disconnect() stays: it closes the child's descriptor only, since
+    # redis-py skips shutdown() in a process other than the one that
+    # connected; and the pool's own pid check drops the connection.
+    return q.sock_quarantine(q.quarantine_class(q.original_class(type(conn)), _BLOCKED))
 
 
 def _connections(obj: Any) -> list[Any]:
