@@ -13,7 +13,7 @@ import functools
 import os
 import weakref
 from collections.abc import Iterable
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 __all__ = [
     "InheritedConnectionError",
@@ -93,6 +93,8 @@ class Neutraliser:
 
 #: ``quarantine(obj, neutralise)``: called in the child for each live entry.
 Quarantine = Callable[[Any, Neutraliser], None]
+
+R = TypeVar("R")
 
 
 class _Strong:
@@ -355,13 +357,13 @@ def registering_init(
     return make
 
 
-def per_type(find: Callable[[Any], Quarantine | None]) -> Callable[[Any], Quarantine | None]:
+def per_type(find: Callable[[Any], R]) -> Callable[[Any], R]:
     """``find(obj)``, remembered per type. It is first asked in the parent,
     when an object registers, so a child finds the answer ready."""
-    cache: dict[type, Quarantine | None] = {}
+    cache: dict[type, R] = {}
 
     @functools.wraps(find)
-    def lookup(obj: Any) -> Quarantine | None:
+    def lookup(obj: Any) -> R:
         kind = type(obj)
         try:
             return cache[kind]

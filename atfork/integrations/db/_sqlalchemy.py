@@ -39,23 +39,19 @@ def _quarantine_record(
         _detached.append(conn)
 
 
-_by_type: dict[type, q.Quarantine] = {}
 _detached: list[Any] = []
 
 
+@q.per_type
 def _record_quarantine(conn: Any) -> q.Quarantine:
-    conn_type = type(conn)
-    found = _by_type.get(conn_type)
-    if found is None:
-        conn_quarantine = None
-        for family in _FAMILIES:
-            conn_quarantine = family(conn)
-            if conn_quarantine is not None:
-                break
-        else:
-            q.prepare_leak()  # an unknown driver's connection is never finalised
-        found = _by_type[conn_type] = functools.partial(_quarantine_record, conn_quarantine)
-    return found
+    conn_quarantine = None
+    for family in _FAMILIES:
+        conn_quarantine = family(conn)
+        if conn_quarantine is not None:
+            break
+    else:
+        q.prepare_leak()  # an unknown driver's connection is never finalised
+    return functools.partial(_quarantine_record, conn_quarantine)
 
 
 def _register(record: Any, conn: Any, auto: bool) -> None:
