@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import types
 import weakref
-from typing import Callable
+from typing import Any, Callable
 
-__all__ = ["Callback", "weak_call"]
+__all__ = ["Callback", "ref_or_strong", "weak_call"]
 
 Callback = Callable[[], object]
 
@@ -63,3 +63,23 @@ class _WeakBuiltinMethod:
     def __call__(self) -> Callback | None:
         obj = self._self()
         return None if obj is None else getattr(obj, self._name)
+
+
+def ref_or_strong(obj: object, callback: Callable[[Any], object]) -> Callable[[], Any]:
+    """A weak reference to ``obj`` that calls ``callback`` when it dies, or,
+    for an object that cannot be weakly referenced (numpy generators,
+    sqlite3 connections), a strong one, dereferenced the same way."""
+    try:
+        return weakref.ref(obj, callback)
+    except TypeError:
+        return _Strong(obj)
+
+
+class _Strong:
+    __slots__ = ("_obj",)
+
+    def __init__(self, obj: object) -> None:
+        self._obj = obj
+
+    def __call__(self) -> object:
+        return self._obj

@@ -83,11 +83,11 @@ import os
 import random
 import sys
 import threading
-import weakref
 from _thread import get_ident
 from typing import Any, Callable
 
 import atfork
+from atfork._refs import ref_or_strong
 from atfork.integrations import PRIORITY_RANDOM
 from atfork.integrations._seed_sequence import Pool
 
@@ -289,10 +289,8 @@ def track(rng: Any) -> Any:
         return rng
     kind = _kind(rng)
     stream = next(_streams)
-    try:
-        ref: Callable[[], Any] = weakref.ref(rng, lambda _: _tracked.pop(key, None))
-    except TypeError:  # numpy's generators: held until untrack()
-        ref = _Strong(rng)
+    # numpy's generators have no weak references: held until untrack()
+    ref = ref_or_strong(rng, lambda _: _tracked.pop(key, None))
     _tracked[key] = _Tracked(stream, kind, ref)
     return rng
 
@@ -306,16 +304,6 @@ def untrack(rng: Any) -> None:
     entry = _tracked.get(id(rng))
     if entry is not None and entry.get() is rng:
         del _tracked[id(rng)]
-
-
-class _Strong:
-    __slots__ = ("_obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self._obj = obj
-
-    def __call__(self) -> Any:
-        return self._obj
 
 
 def _kind(rng: Any) -> str:

@@ -15,6 +15,8 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
+from atfork._refs import ref_or_strong
+
 __all__ = [
     "InheritedConnectionError",
     "Neutraliser",
@@ -97,18 +99,6 @@ Quarantine = Callable[[Any, Neutraliser], None]
 R = TypeVar("R")
 
 
-class _Strong:
-    """A reference for objects that cannot be weakly referenced (sqlite3)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: object) -> None:
-        self.obj = obj
-
-    def __call__(self) -> object:
-        return self.obj
-
-
 class _Entry:
     __slots__ = ("alive", "auto", "get", "keep", "quarantine")
 
@@ -158,11 +148,7 @@ def register(
     old = _entries.get(key)
     if old is not None and old.get() is obj:
         auto = auto and old.auto
-    get: Callable[[], object]
-    try:
-        get = weakref.ref(obj, functools.partial(_forget, key))
-    except TypeError:
-        get = _Strong(obj)
+    get = ref_or_strong(obj, functools.partial(_forget, key))  # sqlite3: strong
     _entries[key] = _Entry(get, quarantine, auto, keep, alive)
 
 
