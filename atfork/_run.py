@@ -17,7 +17,7 @@ import runpy
 import sys
 
 from atfork import integrations
-from atfork._startup import VARIABLE, names
+from atfork.integrations import VARIABLE, split_names
 
 __all__ = ["HELP", "add_arguments", "run"]
 
@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
-    chosen = names(args.enable if args.enable is not None else os.environ.get(VARIABLE, ""))
+    chosen = split_names(args.enable if args.enable is not None else os.environ.get(VARIABLE, ""))
     chosen = chosen or list(DEFAULT)
     try:
         found = [integrations.get(name) for name in chosen]

@@ -13,19 +13,13 @@ from __future__ import annotations
 import os
 import sys
 
-VARIABLE = "ATFORK_INTEGRATIONS"
-
-
-def names(value: str) -> list[str]:
-    """The integration names in a value of ``ATFORK_INTEGRATIONS``."""
-    return value.replace(",", " ").split()
+from atfork import integrations
+from atfork.integrations import VARIABLE, split_names
 
 
 def enable_from_environment() -> None:
-    from atfork import integrations
-
     try:
-        integrations.enable(*names(os.environ.get(VARIABLE, "")))
+        integrations.enable(*split_names(os.environ.get(VARIABLE, "")))
     except Exception as error:  # noqa: BLE001  (reported; the program must start anyway)
         print(f"atfork: {VARIABLE}: {error}", file=sys.stderr)
 

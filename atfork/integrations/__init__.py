@@ -34,6 +34,9 @@ BUILTIN: tuple[str, ...] = ("db", "logging", "random", "stdio", "threading", "uw
 
 ENTRY_POINT_GROUP = "atfork.integrations"
 
+#: The environment variable that names the integrations to enable at start-up.
+VARIABLE = "ATFORK_INTEGRATIONS"
+
 # The priorities the built-in integrations register with. User hooks default
 # to 0: a higher priority runs earlier in the child and later in prepare, so
 # the integrations repair the child (locks, then streams, then logging)
@@ -105,6 +108,12 @@ def get(name: str) -> Integration:
             f"is not an atfork integration: it lacks {', '.join(missing)}"
         )
     return cast(Integration, integration)
+
+
+def split_names(value: str) -> list[str]:
+    """The integration names in a value of ``ATFORK_INTEGRATIONS`` (separated
+    by commas or spaces)."""
+    return value.replace(",", " ").split()
 
 
 def enable(*names: str, **options: Any) -> None:

@@ -195,6 +195,6 @@ def test_without_the_variable_atfork_is_not_imported() -> None:
 
 def test_names_are_separated_by_commas_or_spaces() -> None:
     """The variable's value is split on commas and white space."""
-    from atfork._startup import names
+    from atfork.integrations import split_names
 
-    assert ["logging", "stdio", "db"] == names(" logging,stdio  db, ")
+    assert ["logging", "stdio", "db"] == split_names(" logging,stdio  db, ")
