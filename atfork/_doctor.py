@@ -27,6 +27,7 @@ from typing import Any
 
 import atfork
 from atfork import integrations
+from atfork._registry import _PHASES
 from atfork.testing import ChildTimeoutError, run_in_child
 
 __all__ = ["HELP", "add_arguments", "diagnose", "render", "run"]
@@ -39,8 +40,7 @@ _TRIAL_IMPORTS = ("colorsys", "netrc", "shlex", "fractions")
 
 
 def _phases(hook: atfork.Hook) -> list[str]:
-    names = ("prepare", "parent", "child")
-    return [name for name, call in zip(names, hook._calls) if call is not None]
+    return [name for name, call in zip(_PHASES, hook._calls) if call is not None]
 
 
 def _trial(quiet: bool) -> dict[str, Any]:
@@ -97,24 +97,23 @@ def diagnose(timeout: float = 10.0, *, quiet: bool = False) -> dict[str, Any]:
         try:
             results.append(run_in_child(_trial, quiet, timeout=timeout))
         except ChildTimeoutError as error:
-            trial.update(ok=False, stack=error.stack)
+            trial["stack"] = error.stack
             trial["problems"].append(
                 f"a trial child hung for {timeout:g} s (logging, printing, importing or "
                 "drawing random numbers after a fork); its stack is below"
             )
             break
         except Exception as error:  # noqa: BLE001  (what failed in the child is the finding)
-            trial["ok"] = False
             trial["problems"].append(f"a trial child failed: {type(error).__name__}: {error}")
             break
     if len(results) == 2:
         for source, draws in results[0]["draws"].items():
             if draws == results[1]["draws"][source]:
-                trial["ok"] = False
                 trial["problems"].append(
                     f"two children drew the same numbers from {source}: enable the random "
                     "integration"
                 )
+    trial["ok"] = not trial["problems"]
     return report
 
 
