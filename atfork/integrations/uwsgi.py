@@ -88,17 +88,22 @@ def enable() -> None:
         decorators.postfork_chain.insert(0, atfork.check)
 
 
+def _postfork_chain() -> list[object]:
+    """uWSGI's post-fork chain; empty outside uWSGI."""
+    try:
+        return importlib.import_module("uwsgidecorators").postfork_chain  # type: ignore[no-any-return]
+    except ImportError:
+        return []
+
+
 def disable() -> None:
     """Take :func:`atfork.check` out of uWSGI's post-fork chain again.
 
     .. versionadded:: 0.1
     """
-    try:
-        decorators = importlib.import_module("uwsgidecorators")
-    except ImportError:
-        return
-    while atfork.check in decorators.postfork_chain:
-        decorators.postfork_chain.remove(atfork.check)
+    chain = _postfork_chain()
+    while atfork.check in chain:
+        chain.remove(atfork.check)
 
 
 def is_enabled() -> bool:
@@ -106,8 +111,4 @@ def is_enabled() -> bool:
 
     .. versionadded:: 0.1
     """
-    try:
-        decorators = importlib.import_module("uwsgidecorators")
-    except ImportError:
-        return False
-    return atfork.check in decorators.postfork_chain
+    return atfork.check in _postfork_chain()
