@@ -380,8 +380,13 @@ def _fresh_child() -> None:
 
 def _derived_child() -> None:
     global _key, _pool, _children
-    index = _pending.pop(get_ident())
+    index = _pending.pop(get_ident(), None)
     _pending.clear()  # forks of other threads of the parent: not in this process
+    if index is None:
+        # No prepare phase ran (atfork.check() after a fork that bypassed
+        # Python's hooks): this child's place is unknown; a random one keeps
+        # it and its descendants apart from every other process.
+        index = int.from_bytes(os.urandom(8), "little")
     assert _pool is not None
     assert _root is not None
     _key += (index,)

@@ -471,6 +471,38 @@ def test_children_of_concurrent_forks_get_distinct_keys() -> None:
     assert [(20,)] == [tuple(run_in_child(atfork_random.spawn_key))]
 
 
+_UNHOOKED = """
+import ctypes
+import atfork
+atfork_random.enable(mode="derived", seed=7)
+
+def unhooked_child():
+    # fork() as a C extension calls it: no Python fork hook runs; the
+    # child calls atfork.check(), as uWSGI's post-fork hook does.
+    read, write = os.pipe()
+    pid = ctypes.PyDLL(None).fork()
+    if pid == 0:
+        atfork.check()
+        os.write(write, json.dumps([random.random(), atfork_random.spawn_key()]).encode())
+        os._exit(0)
+    os.close(write)
+    wait_child(pid, timeout=30)
+    return json.loads(os.read(read, 1000))
+
+print(json.dumps([unhooked_child(), unhooked_child(), random.random()]))
+"""
+
+
+def test_children_of_unhooked_forks_get_distinct_places() -> None:
+    """A child whose fork ran no prepare phase, seeded by atfork.check(), has
+    no known place among its siblings: it gets a random one, so two such
+    children draw differently from each other and from the parent."""
+    (first, first_key), (second, second_key), parent = run_scenario(_UNHOOKED)
+    assert len({first, second, parent}) == 3
+    assert first_key != second_key
+    assert 1 == len(first_key) == len(second_key)
+
+
 # -- what enabling imports ----------------------------------------------------------
 
 _IMPORTS = """
