@@ -666,6 +666,9 @@ class _Fork:
         self.threads: list[threading.Thread] = []
 
 
+# The fork of enable() alone, nothing tracked: prepare records nothing in it.
+_NOTHING = _Fork()
+
 # Forks in progress, by forking thread (two threads may fork at once).
 _forks: dict[int, _Fork] = {}
 
@@ -682,6 +685,9 @@ def _prepare() -> None:
     if me in _forks:
         # Registered twice (two threads made the first track() at once):
         # this fork is handled already, and the locks it holds are its own.
+        return
+    if not entries and not _warn:
+        _forks[me] = _NOTHING  # nothing to record, nothing to allocate
         return
     fork = _Fork()
     held = fork.held
