@@ -13,11 +13,13 @@ whatever the program's import order.
 
 A fork's state lives in ``_forks`` under the forking thread's id, from the
 prepare phase to the parent or child phase: two threads may be in their
-prepare phases at once. No phase takes a lock.
+prepare phases at once. No phase takes a lock of atfork's; the one lock held
+across a fork is CPython's own ``warnings`` lock (3.14+, see ``_install``).
 """
 
 from __future__ import annotations
 
+import _warnings
 import concurrent.futures.thread  # noqa: F401  (imported for its at-fork hooks, see above)
 import contextlib
 import logging  # noqa: F401  (imported for its at-fork hooks, see above)
@@ -25,37 +27,48 @@ import os
 import random  # noqa: F401  (imported for its at-fork hook, see above)
 import sys
 import threading  # noqa: F401  (imported for its at-fork hook, see above)
-import weakref
 from _thread import get_ident
 from operator import length_hint
 from os import getpid
 from typing import TYPE_CHECKING, Any
 
+from atfork._registry import registry
+from atfork._report import report
+
 if TYPE_CHECKING:
     from atfork._refs import Callback
-    from atfork._registry import Hook, Snapshot, _Registry
+    from atfork._registry import Hook, Snapshot
 
-__all__ = ["install"]
-
-_registry: _Registry | None = None
+__all__ = ["check", "fork_origin"]
 
 
 class _Fork:
     """A fork in progress that a snapshot alone cannot describe: one whose
-    prepare phase started nested forks, or where a prepare callback failed."""
+    prepare phase started nested forks, where a prepare callback failed, or
+    during whose prepare phase the registrations changed."""
 
-    __slots__ = ("child", "child_hooks", "nested", "parent", "parent_hooks")
+    __slots__ = ("child", "child_hooks", "members", "nested", "parent", "parent_hooks", "snapshot")
 
     nested: int
     parent: tuple[Callback, ...]
     parent_hooks: tuple[Hook, ...]
     child: tuple[Callback, ...]
     child_hooks: tuple[Hook, ...]
+    #: What a child of this fork starts with (see ``_Registry.forked``).
+    members: dict[Hook, None]
+    snapshot: Snapshot
 
-    def __init__(self, fork: Snapshot | _Fork, failed: list[Hook] | None = None) -> None:
+    def __init__(
+        self,
+        fork: Snapshot | _Fork,
+        failed: list[Hook] | None = None,
+        members: dict[Hook, None] | None = None,
+    ) -> None:
         self.nested = fork.nested
         self.parent, self.parent_hooks = _without(fork.parent, fork.parent_hooks, failed)
         self.child, self.child_hooks = _without(fork.child, fork.child_hooks, failed)
+        self.members = fork.members if members is None else members
+        self.snapshot = fork.snapshot if isinstance(fork, _Fork) else fork
 
 
 def _without(
@@ -92,8 +105,10 @@ def _before() -> None:
             fork = _forks[ident] = _Fork(fork)
             fork.nested += 1
             return
-    assert _registry is not None
-    snapshot = _registry.snapshot or _registry.rebuild()
+    state = registry.state
+    snapshot = state.snapshot
+    if snapshot.version is not state.version:
+        snapshot = state.rebuild()
     if snapshot.idle:
         return
     ident = get_ident()
@@ -102,9 +117,13 @@ def _before() -> None:
     try:
         for call in calls:
             call()
-    except BaseException:  # noqa: BLE001  (nobody can catch it at fork time)
-        failed = _resume(snapshot.prepare, snapshot.prepare_hooks, "prepare", calls)
+    except BaseException as exc:  # noqa: BLE001  (nobody can catch it at fork time)
+        failed = _resume(snapshot.prepare, snapshot.prepare_hooks, "prepare", calls, exc)
         _forks[ident] = _Fork(_forks[ident], failed)
+    if state.version is not snapshot.version:
+        # A prepare callback (or another thread) changed the registrations:
+        # the child starts with them as they are now.
+        _forks[ident] = _Fork(_forks[ident], members=state.members())
 
 
 def _after_in_parent() -> None:
@@ -119,33 +138,35 @@ def _after_in_parent() -> None:
         try:
             for call in calls:
                 call()
-        except BaseException:  # noqa: BLE001  (nobody can catch it at fork time)
-            _resume(fork.parent, fork.parent_hooks, "parent", calls)
+        except BaseException as exc:  # noqa: BLE001  (nobody can catch it at fork time)
+            _resume(fork.parent, fork.parent_hooks, "parent", calls, exc)
 
 
 def _after_in_child() -> None:
-    assert _registry is not None
-    # A thread of the parent may have been half way through a change.
-    _registry.snapshot = None
-    if _forks:
-        fork = _forks.pop(get_ident(), None)
-        if _forks:  # forks of other threads, cut short: those threads are not here
-            _forks.clear()
-        if fork is None:
-            # No prepare phase ran for this fork: a C extension called
-            # PyOS_AfterFork_Child() alone (uWSGI does). check() runs them.
-            return
-        _registry.pid = getpid()  # for check(): the callbacks run in this process
-        _registry.retired = fork  # released by the next change or rebuild, not now
-        if fork.nested:
-            _forks[get_ident()] = _nested_done(fork)
-            return
-        calls = iter(fork.child)
-        try:
-            for call in calls:
-                call()
-        except BaseException:  # noqa: BLE001  (nobody can catch it at fork time)
-            _resume(fork.child, fork.child_hooks, "child", calls)
+    if not _forks:
+        # No prepare phase ran for this fork: nothing was registered, or a C
+        # extension called PyOS_AfterFork_Child() alone (uWSGI does), and
+        # check() runs the callbacks.
+        registry.forked(None, None, registry.state.pid)
+        return
+    fork = _forks.pop(get_ident(), None)
+    if _forks:  # forks of other threads, cut short: those threads are not here
+        _forks.clear()
+    if fork is None:
+        registry.forked(None, None, registry.state.pid)
+        return
+    # The callbacks run in this process (for check()).
+    snapshot = fork.snapshot if fork.__class__ is _Fork else fork
+    registry.forked(snapshot, fork.members, getpid())  # type: ignore[arg-type]
+    if fork.nested:
+        _forks[get_ident()] = _nested_done(fork)
+        return
+    calls = iter(fork.child)
+    try:
+        for call in calls:
+            call()
+    except BaseException as exc:  # noqa: BLE001  (nobody can catch it at fork time)
+        _resume(fork.child, fork.child_hooks, "child", calls, exc)
 
 
 def _nested_done(fork: Snapshot | _Fork) -> _Fork:
@@ -155,20 +176,25 @@ def _nested_done(fork: Snapshot | _Fork) -> _Fork:
 
 
 def _resume(
-    calls: tuple[Callback, ...], hooks: tuple[Hook, ...], phase: str, calls_left: Any
+    calls: tuple[Callback, ...],
+    hooks: tuple[Hook, ...],
+    phase: str,
+    calls_left: Any,
+    exc: BaseException,
 ) -> list[Hook]:
-    """Report the exception being handled, run the calls left the same way,
-    and return the hooks whose callback raised. The length hint of the
-    iterator gives the index of the call that raised."""
+    """Report ``exc``, raised by the call before ``calls_left``, run the
+    calls left the same way, and return the hooks whose callback raised. The
+    length hint of the iterator gives the index of the call that raised."""
     failed = []
     while True:
         hook = hooks[len(calls) - length_hint(calls_left) - 1]
-        _report(hook, phase)
+        report(hook, phase, exc)
         failed.append(hook)
         try:
             for call in calls_left:
                 call()
-        except BaseException:  # noqa: BLE001, S112  (reported at the top of the loop)
+        except BaseException as error:  # noqa: BLE001  (reported at the top of the loop)
+            exc = error
             continue
         return failed
 
@@ -189,20 +215,19 @@ def check() -> bool:
 
     .. versionadded:: 0.1
     """
-    assert _registry is not None
     pid = getpid()
-    if _registry.pid == pid or _checked.setdefault(pid, get_ident()) != get_ident():
+    state = registry.state
+    if state.pid == pid or _checked.setdefault(pid, get_ident()) != get_ident():
         return False
-    _registry.pid = pid
-    _registry.snapshot = None
     _forks.clear()
-    snapshot = _registry.rebuild()
+    registry.forked(None, None, pid)
+    snapshot = registry.state.rebuild()
     calls = iter(snapshot.child)
     try:
         for call in calls:
             call()
-    except BaseException:  # noqa: BLE001  (reported like a fork's errors)
-        _resume(snapshot.child, snapshot.child_hooks, "child", calls)
+    except BaseException as exc:  # noqa: BLE001  (reported like a fork's errors)
+        _resume(snapshot.child, snapshot.child_hooks, "child", calls, exc)
     return True
 
 
@@ -213,6 +238,7 @@ _checked: dict[int, int] = {}
 # Where fork_origin() finds the function that started a fork.
 _ORIGINS = (
     (("multiprocessing", "popen_fork.py"), "multiprocessing"),
+    (("multiprocessing", "forkserver.py"), "multiprocessing"),
     (("billiard", "popen_fork.py"), "multiprocessing"),
     (("subprocess.py",), "subprocess"),
 )
@@ -224,7 +250,8 @@ def fork_origin() -> str | None:
     Called from an atfork callback, returns ``"subprocess"`` for a child of
     ``subprocess`` with ``preexec_fn`` (it is about to exec another program,
     so there is little point in repairing it), ``"multiprocessing"`` for
-    multiprocessing's (or billiard's) ``fork`` start method, ``"check"``
+    multiprocessing's (or billiard's) ``fork`` start method and for the
+    workers that multiprocessing's forkserver forks, ``"check"``
     when :func:`check` runs the callbacks, and ``"os.fork"`` for any other
     fork (``os.fork()``, ``os.forkpty()``, ``pty.fork()``). Outside a
     callback it returns None. It reads the call stack, so it costs nothing
@@ -250,7 +277,12 @@ def fork_origin() -> str | None:
 _DISPATCHERS = frozenset(f.__code__ for f in (_before, _after_in_parent, _after_in_child, check))
 
 
-def install(registry: _Registry) -> None:
+def _release_warnings() -> None:
+    with contextlib.suppress(RuntimeError):  # not held: no prepare phase ran for this fork
+        _warnings._release_lock()
+
+
+def _install() -> None:
     """Register the dispatcher with ``os.register_at_fork``; called once, when
     atfork is imported (the import lock serialises it, and no thread can hold
     a lock of atfork's across a fork while installing).
@@ -258,66 +290,27 @@ def install(registry: _Registry) -> None:
     Without ``os.register_at_fork`` (a platform without ``fork``) this does
     nothing and registrations are never called.
     """
-    global _registry
-    assert _registry is None, "installed twice"
-    _registry = registry
-    registry.pid = getpid()
-    if hasattr(os, "register_at_fork"):
+    registry.state.pid = getpid()
+    if not hasattr(os, "register_at_fork"):
+        return
+    # CPython 3.14 guards the state of ``warnings`` with a lock of its own
+    # (Python/_warnings.c) that the child does not reinitialise: a child
+    # forked while another thread was in ``warnings.warn()`` or
+    # ``catch_warnings()`` hangs at its first warning. It is held across the
+    # fork: taken before every prepare callback (a thread holding it may be
+    # waiting for a lock that a prepare callback takes, never the reverse,
+    # since ``showwarning`` logs), and given back before every parent and
+    # child callback. It is recursive: callbacks may warn.
+    lock_warnings = getattr(_warnings, "_acquire_lock", None)
+    if lock_warnings is not None:
         os.register_at_fork(
-            before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child
+            after_in_parent=_warnings._release_lock, after_in_child=_release_warnings
         )
+    os.register_at_fork(
+        before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child
+    )
+    if lock_warnings is not None:
+        os.register_at_fork(before=lock_warnings)
 
 
-_unraisable_args: Any = None
-
-
-def _unraisable_args_type() -> Any:
-    """``sys.unraisablehook``'s argument type, which CPython does not expose.
-
-    The default hook accepts nothing else, so one report is provoked (a weak
-    reference callback that raises) and caught; any other report arriving
-    meanwhile goes on to the hook that was installed.
-    """
-    global _unraisable_args
-    if _unraisable_args is None:
-        found: list[type] = []
-        previous = sys.unraisablehook
-
-        def probe(_: object) -> None:
-            raise LookupError
-
-        def catch(args: Any) -> None:
-            if args.object is probe:
-                found.append(type(args))
-            else:
-                previous(args)
-
-        class Referent:
-            pass
-
-        referent = Referent()
-        ref = weakref.ref(referent, probe)
-        sys.unraisablehook = catch
-        try:
-            del referent
-        finally:
-            sys.unraisablehook = previous
-        del ref
-        _unraisable_args = found[0]
-    return _unraisable_args
-
-
-#: How every report of a failed callback begins.
-REPORT_PREFIX = "Exception ignored in atfork "
-
-
-def unraisable_args(exc: BaseException, err_msg: str, obj: object) -> Any:
-    """The argument ``sys.unraisablehook`` takes, for ``exc``."""
-    return _unraisable_args_type()((type(exc), exc, exc.__traceback__, err_msg, obj))
-
-
-def _report(hook: Hook, phase: str) -> None:
-    exc = sys.exc_info()[1]
-    assert exc is not None
-    with contextlib.suppress(BaseException):  # a broken hook must not break the fork
-        sys.unraisablehook(unraisable_args(exc, f"{REPORT_PREFIX}{phase} callback", hook))
+_install()

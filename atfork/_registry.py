@@ -1,21 +1,32 @@
 """Registrations, their order, and the snapshot a fork runs.
 
-Mutations are O(1) and take no lock: a dict operation, then a new version
-number, then the cached snapshot dropped, each atomic under the GIL. The
-first fork after a change rebuilds the snapshot, an immutable set of tuples
-the dispatcher only reads; later forks reuse it. Without a lock there is
-nothing a thread could hold across a fork, so a child registers at once, and
-a weak reference callback run by the garbage collector in the middle of a
-registration cannot deadlock.
+A registration or unregistration is one dict operation followed by a new
+version, a fresh object; the fork-time dispatcher reads the cached
+snapshot, an immutable set of tuples, and rebuilds it first when its version
+is not the current one. No step needs the GIL to be atomic, and there is no
+lock, so nothing can be held across a fork, a child registers at once, and a
+weak reference callback run by the garbage collector in the middle of a
+registration cannot deadlock:
+
+* a snapshot is tagged with the version read *before* the registrations
+  were copied, so a change that the copy missed stores its version after
+  that read, and the tag no longer matches; versions are never reused, so a
+  stale tag cannot match again;
+* a change finished before a fork's prepare phase started has stored its
+  version, so that fork either finds it in the cached snapshot or rebuilds.
+
+Each process has registrations of its own (a :class:`_State`). A child
+starts with a new one, holding what its fork ran, and never writes to the
+parent's: on a free-threaded build, another thread of the parent may have
+left a dict of the parent's locked for good in the child (a contended
+CPython mutex handed to a thread that the fork left behind).
 """
 
 from __future__ import annotations
 
-import itertools
 import sys
 from typing import Callable
 
-from atfork import _dispatch
 from atfork._refs import Callback, weak_call
 
 __all__ = ["Hook", "Snapshot", "atfork", "hooks", "registry"]
@@ -29,25 +40,29 @@ class Snapshot:
     Each phase has the callables to call, in call order, and beside them the
     hook each one belongs to (to name it in an error report and to drop a
     hook whose ``prepare`` failed from the ``parent`` and ``child`` phases).
-    A plain class with slots, not a named tuple: the interpreter reads slots
-    without writing to the code it runs (see ``_dispatch._forks``).
+    ``members`` holds every hook, the registrations a child of this fork
+    starts with. A plain class with slots, not a named tuple: the interpreter
+    reads slots without writing to the code it runs (see
+    ``_dispatch._forks``).
     """
 
     __slots__ = (
         "child",
         "child_hooks",
         "idle",
+        "members",
         "parent",
         "parent_hooks",
         "prepare",
         "prepare_hooks",
+        "version",
     )
 
     #: A snapshot stands for a fork that started no nested fork; see
     #: ``_dispatch._Fork``.
     nested = 0
 
-    def __init__(self, ordered: list[Hook]) -> None:
+    def __init__(self, ordered: list[Hook], version: object) -> None:
         def phase(index: int) -> tuple[tuple[Callback, ...], tuple[Hook, ...]]:
             pairs = [(h._calls[index], h) for h in ordered]
             return (
@@ -65,74 +80,132 @@ class Snapshot:
         self.child, self.child_hooks = phase(2)
         #: True when no phase has anything to call.
         self.idle = not (self.prepare or self.parent or self.child)
+        self.members: dict[Hook, None] = dict.fromkeys(ordered)
+        #: The version of the registrations this was built from.
+        self.version = version
 
 
 def _descending_priority(hook: Hook) -> int:
     return -hook._priority
 
 
-def _build(hooks: list[Hook]) -> Snapshot:
-    # The dict keeps registration order and sorted() is stable.
-    return Snapshot(sorted(hooks, key=_descending_priority))
+class _State:
+    """The registrations of one process.
 
+    ``base`` holds those inherited from the parent (never written: the
+    parent built it), ``removed`` those of ``base`` unregistered since, and
+    ``added`` those registered in this process, in registration order.
+    """
 
-class _Registry:
-    """The process-wide set of registrations."""
+    __slots__ = ("added", "base", "kept", "pid", "removed", "snapshot", "version")
 
-    def __init__(self) -> None:
-        self._hooks: dict[int, Hook] = {}
-        self._keys = itertools.count()
-        self._versions = itertools.count(1)
-        self._version = 0
-        #: The current snapshot, or None once a change made it stale.
-        self.snapshot: Snapshot | None = None
+    def __init__(
+        self, base: dict[Hook, None], snapshot: Snapshot, pid: int, kept: object = None
+    ) -> None:
+        self.base = base
+        self.removed: dict[int, None] = {}
+        self.added: dict[Hook, None] = {}
+        # A snapshot of exactly ``base`` stays current: a child that forks
+        # again before any change reuses the snapshot its own fork ran.
+        self.version = snapshot.version if snapshot.members is base else object()
+        self.snapshot = snapshot
         #: The process in which the child callbacks last ran (or atfork was
         #: imported); see ``_dispatch.check()``.
-        self.pid = 0
-        #: In a child, what its fork ran, kept until the next change or
-        #: rebuild: its release writes to every hook it holds, a page fault
-        #: each, which has no place right after a fork.
-        self.retired: object = None
+        self.pid = pid
+        #: What the parent's process held (its state, the fork's record),
+        #: kept alive: releasing it would write to every hook it holds, a
+        #: page fault each, which has no place right after a fork.
+        self.kept = kept
 
     def add(self, hook: Hook) -> None:
-        hook._key = next(self._keys)
-        self._hooks[hook._key] = hook
+        self.added[hook] = None
         self._changed()
 
     def remove(self, hook: Hook) -> None:
-        if self._hooks.pop(hook._key, None) is not None:
-            self._changed()
+        if self.added.pop(hook, _ABSENT) is _ABSENT:
+            base = self.base
+            if hook not in base or id(hook) in self.removed:
+                return
+            # By id, and dropped from a copy of base: the hook can be freed.
+            # Two threads doing this at once may each keep the other's hook
+            # in base; ``removed`` still says it is gone.
+            self.removed[id(hook)] = None
+            self.base = {h: None for h in base if h is not hook}
+        self._changed()
 
     def _changed(self) -> None:
-        # The version first, then the snapshot dropped: see rebuild().
-        self._version = next(self._versions)
-        self.snapshot = None
-        self.retired = None
+        self.version = object()
+        # What pins the callbacks of the parent goes with the first change,
+        # so that unregistered ones can be freed (see _Registry.forked).
+        self.snapshot = _STALE
+        self.kept = None
 
     def __contains__(self, hook: Hook) -> bool:
-        return hook._key in self._hooks
+        return hook in self.added or (hook in self.base and id(hook) not in self.removed)
+
+    def live(self) -> list[Hook]:
+        """The registrations now, inherited ones first: sorted by priority
+        (stably), that is their parent/child order."""
+        removed = self.removed
+        base = self.base
+        inherited = [h for h in base if id(h) not in removed] if removed else list(base)
+        return inherited + list(self.added.copy())
+
+    def members(self) -> dict[Hook, None]:
+        """The registrations now, as a child of this process inherits them."""
+        snapshot = self.snapshot
+        if snapshot.version is self.version:
+            return snapshot.members
+        return dict.fromkeys(self.live())
+
+    def rebuild(self) -> Snapshot:
+        """Build, cache and return the snapshot of the registrations now."""
+        version = self.version  # before the copy: see the module docstring
+        snapshot = self.snapshot = Snapshot(sorted(self.live(), key=_descending_priority), version)
+        return snapshot
+
+
+_ABSENT = object()
+# Stands for no snapshot: its version is no state's.
+_STALE = Snapshot([], _ABSENT)
+
+
+class _Registry:
+    """The set of registrations of this process: a :class:`_State`,
+    replaced in each child (see :meth:`forked`)."""
+
+    __slots__ = ("state",)
+
+    def __init__(self) -> None:
+        self.state = _State({}, _STALE, 0)
+
+    def add(self, hook: Hook) -> None:
+        self.state.add(hook)
+
+    def remove(self, hook: Hook) -> None:
+        self.state.remove(hook)
+
+    def __contains__(self, hook: Hook) -> bool:
+        return hook in self.state
 
     def hooks(self) -> tuple[Hook, ...]:
         """The live registrations, in parent/child order."""
-        return tuple(sorted(self._hooks.copy().values(), key=_descending_priority))
+        return tuple(sorted(self.state.live(), key=_descending_priority))
 
-    def rebuild(self) -> Snapshot:
-        """Build, store and return the snapshot of the registrations now.
-
-        A change racing with this either stores its new version before the
-        check below (and the build is redone) or drops the stored snapshot
-        after it: a snapshot that misses a change is never kept.
-        """
-        self.retired = None
-        while True:
-            version = self._version
-            snapshot = self.snapshot = _build(list(self._hooks.copy().values()))
-            if version == self._version:
-                return snapshot
+    def forked(self, snapshot: Snapshot | None, members: dict[Hook, None] | None, pid: int) -> None:
+        """Start the registrations of a new child: ``members``, what was
+        registered when its fork's prepare phase (which ran ``snapshot``)
+        ended. When no prepare phase ran for this fork, it starts with what
+        the parent's state holds. ``pid`` is the process in which the child
+        callbacks last ran."""
+        state = self.state
+        if members is None:
+            members = state.members()
+            snapshot = state.snapshot
+        self.state = _State(members, snapshot or state.snapshot, pid, state)
 
 
 registry = _Registry()
-_dispatch.install(registry)
 
 
 class Hook:

@@ -81,7 +81,9 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Result[None], None
 
     def keep(args: Any) -> None:
         if str(args.err_msg).startswith(_REPORT_PREFIX):
-            failures.append(f"{args.err_msg}: {args.object!r}: {args.exc_value!r}")
+            # The hook is the object up to 3.13, part of err_msg from 3.14 on.
+            about = "" if args.object is None else f": {args.object!r}"
+            failures.append(f"{args.err_msg}{about}: {args.exc_value!r}")
         else:
             previous(args)
 

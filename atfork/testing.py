@@ -22,11 +22,10 @@ import subprocess
 import sys
 import time
 import traceback
-import warnings
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, TypeVar
 
-from atfork import _dispatch
+from atfork._report import REPORT_PREFIX, unraisable_args
 
 __all__ = [
     "ChildCallbackError",
@@ -44,7 +43,6 @@ T = TypeVar("T")
 DUMP_SIGNAL = signal.SIGUSR2
 
 _LENGTH = struct.Struct("!Q")
-_MULTI_THREADED_FORK = r"This process \(pid=\d+\) is multi-threaded"
 
 
 class ChildError(RuntimeError):
@@ -175,11 +173,13 @@ def _catch_child_reports() -> tuple[list[tuple[str, str, str]], Any]:
     previous = sys.unraisablehook
 
     def keep(args: Any) -> None:
-        if os.getpid() != parent and str(args.err_msg).startswith(_dispatch.REPORT_PREFIX):
+        if os.getpid() != parent and str(args.err_msg).startswith(REPORT_PREFIX):
             text = "".join(
                 traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
             )
-            reports.append((args.err_msg, repr(args.object), text))
+            # The hook is the object up to 3.13, part of err_msg from 3.14 on.
+            hook = "" if args.object is None else f"{args.object!r} "
+            reports.append((args.err_msg, hook, text))
         else:
             previous(args)
 
@@ -189,8 +189,8 @@ def _catch_child_reports() -> tuple[list[tuple[str, str, str]], Any]:
 
 def _report_again(err_msg: str, hook: str, text: str) -> None:
     """Report in the parent an atfork callback error of the child."""
-    error = ChildCallbackError(f"{hook} raised in the child:\n{text}")
-    sys.unraisablehook(_dispatch.unraisable_args(error, err_msg, None))
+    error = ChildCallbackError(f"{hook}raised in the child:\n{text}")
+    sys.unraisablehook(unraisable_args(error, err_msg, None))
 
 
 def _child_main(
@@ -248,10 +248,10 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         it was killed and its stack is in the error.
     :raises ChildError: the child died without sending a result.
 
-    The ``DeprecationWarning`` that CPython 3.12+ emits when a process with
-    threads forks is suppressed here: forking with threads alive is what
-    such tests are about. Until the fork returns, :data:`DUMP_SIGNAL` is
-    routed to :mod:`faulthandler` in the parent as well.
+    Until the fork returns, :data:`DUMP_SIGNAL` is routed to
+    :mod:`faulthandler` in the parent as well. The ``DeprecationWarning``
+    that CPython 3.12+ emits when a process with threads forks is left as
+    it is (changing the warning filters around the fork is not thread-safe).
 
     .. versionadded:: 0.1
     """
@@ -265,9 +265,7 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         # first instruction on, even a child hanging in a fork callback.
         faulthandler.register(DUMP_SIGNAL, file=stack_w, all_threads=True)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", _MULTI_THREADED_FORK, DeprecationWarning)
-                pid = os.fork()
+            pid = os.fork()
             if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
                 sys.unraisablehook = previous_hook
                 os.close(result_r)
