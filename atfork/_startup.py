@@ -1,11 +1,15 @@
 """Enable the integrations that ``ATFORK_INTEGRATIONS`` names, at start-up.
 
-The file ``atfork.pth``, installed beside the package, imports this module
-when the interpreter starts and the variable is set (and does nothing else
-otherwise), so that a program started by a server (gunicorn, uWSGI,
-celery, ...) gets its integrations without a change to its code. Names are
-separated by commas or spaces. A bad name is reported in one line on
-stderr and the program goes on: start-up is no place to stop it.
+Two files installed beside the package import this module when the
+interpreter starts and the variable is set (and do nothing else otherwise),
+so that a program started by a server (gunicorn, uWSGI, celery, ...) gets
+its integrations without a change to its code: ``atfork.pth`` on Python 3.9
+- 3.14, and on 3.15+ (PEP 829) ``atfork.start``, whose entry point
+``_atfork_startup.enable_from_environment`` sits outside the package so as
+not to import it. A module runs once per process: where both files run, the
+integrations are enabled once. Names are separated by commas or spaces. A
+bad name is reported in one line on stderr and the program goes on:
+start-up is no place to stop it.
 """
 
 from __future__ import annotations
