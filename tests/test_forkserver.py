@@ -25,7 +25,7 @@ DEADLINE = 60.0
 
 # What atfork.fork_origin() says in a forkserver child: the forkserver forks
 # with os.fork(), from multiprocessing/forkserver.py.
-FORKSERVER_ORIGIN = "os.fork"
+FORKSERVER_ORIGIN = "multiprocessing"
 
 # Importable by the forkserver and its children (the tests' PYTHONPATH).
 WORKER = '''

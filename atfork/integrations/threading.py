@@ -358,12 +358,15 @@ class _Entry:
     reset_in: int
 
 
-# Tracked objects by id(). Mutations are single dict operations followed by
-# dropping the cached snapshot, which the prepare phase rebuilds: no lock, so
-# a weak reference callback run in the middle of a fork cannot deadlock.
+# Tracked objects by id(). A mutation is one dict operation followed by a
+# new version, a fresh object; the prepare phase reuses the snapshot when it
+# is tagged with the current version and rebuilds it otherwise. The tag is
+# the version read before the copy, so a change the copy missed makes it
+# stale (see atfork._registry). No lock: a weak reference callback run in
+# the middle of a fork cannot deadlock, and nothing relies on the GIL.
 _entries: dict[int, _Entry] = {}
-_version = 0
-_snapshot: tuple[_Entry, ...] | None = None
+_version: object = object()
+_snapshot: tuple[object, tuple[_Entry, ...]] = (None, ())
 
 #: How many forks made this process: 0 in the original process, one more in
 #: each child. An object reset by the child phase records the value, and
@@ -372,18 +375,19 @@ _generation = 0
 
 
 def _changed() -> None:
-    global _version, _snapshot
-    _version += 1
-    _snapshot = None
+    global _version
+    _version = object()
 
 
-def _rebuild() -> tuple[_Entry, ...]:
+def _current() -> tuple[_Entry, ...]:
+    """The tracked objects, from the snapshot when it is current."""
     global _snapshot
-    while True:
-        version = _version
-        snapshot = _snapshot = tuple(_entries.copy().values())
-        if version == _version:  # else a change raced with the copy: redo it
-            return snapshot
+    version, entries = _snapshot
+    if version is not _version:
+        version = _version  # before the copy
+        entries = tuple(_entries.copy().values())
+        _snapshot = (version, entries)
+    return entries
 
 
 def _forget(key: int, ref: weakref.ref[Any]) -> None:
@@ -678,7 +682,7 @@ def _held_by(lock: Any, held: list[Any]) -> bool:
 
 
 def _prepare() -> None:
-    entries = _snapshot if _snapshot is not None else _rebuild()
+    entries = _current()
     if not entries and not _enabled:
         return
     me = get_ident()
