@@ -43,7 +43,8 @@ CLOSERS = {
 }
 CLOSE_ERRORS = {
     "postgresql": "server closed the connection unexpectedly",
-    "mysql": "(2013, 'Lost connection to MySQL server during query')",
+    # Sometimes followed by the socket's error: "... query ([Errno 104] ...)".
+    "mysql": "(2013, 'Lost connection to MySQL server during query",
 }
 
 
