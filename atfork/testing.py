@@ -20,6 +20,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Mapping
@@ -217,6 +218,39 @@ def _child_main(
         os._exit(0)  # pragma: no cover  (coverage is shut down by os._exit)
 
 
+def _children() -> set[int] | None:
+    """The children of the calling thread (Linux), or None if unknown."""
+    path = f"/proc/{os.getpid()}/task/{threading.get_native_id()}/children"
+    try:
+        with open(path) as file:
+            return {int(pid) for pid in file.read().split()}
+    except (OSError, ValueError):
+        return None
+
+
+def _fork() -> int:
+    """:func:`os.fork`, also when it raises in the parent after the child
+    exists.
+
+    From CPython 3.15 on, the ``DeprecationWarning`` of a fork with threads
+    alive propagates under an ``error`` filter (gh-135427): ``os.fork()``
+    raises it in the parent, with the child running and every callback of
+    that fork already called. The child is then found among the children
+    of this thread, and the helper goes on as if the fork had returned (the
+    warning is what such tests are about); only if it cannot be found is the
+    warning raised.
+    """
+    before = _children()
+    try:
+        return os.fork()
+    except Warning:
+        after = _children()
+        new = after - before if after is not None and before is not None else set()
+        if len(new) != 1:
+            raise
+        return new.pop()
+
+
 def _read_result(fd: int, deadline: float) -> bytes | None:
     """The child's framed result, or None on EOF or at the deadline."""
     buffer = b""
@@ -251,7 +285,10 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
     Until the fork returns, :data:`DUMP_SIGNAL` is routed to
     :mod:`faulthandler` in the parent as well. The ``DeprecationWarning``
     that CPython 3.12+ emits when a process with threads forks is left as
-    it is (changing the warning filters around the fork is not thread-safe).
+    it is (changing the warning filters around the fork is not thread-safe);
+    where it propagates from ``os.fork()`` after the child exists (3.15+,
+    under an ``error`` filter), the helper still waits for that child and
+    gives its result.
 
     .. versionadded:: 0.1
     """
@@ -265,7 +302,7 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         # first instruction on, even a child hanging in a fork callback.
         faulthandler.register(DUMP_SIGNAL, file=stack_w, all_threads=True)
         try:
-            pid = os.fork()
+            pid = _fork()
             if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
                 sys.unraisablehook = previous_hook
                 os.close(result_r)

@@ -130,6 +130,31 @@ def test_fork_with_threads_does_not_warn() -> None:
         thread.join()
 
 
+def test_a_fork_raising_after_the_child_exists_keeps_the_child(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """When os.fork() raises its multi-threaded DeprecationWarning in the
+    parent after the child exists (3.15+ under an error filter), the helper
+    still gets that child's result, and each callback ran once."""
+    real_fork = os.fork
+
+    def fork_as_on_315() -> int:
+        pid = real_fork()
+        if pid:
+            raise DeprecationWarning(f"This process (pid={os.getpid()}) is multi-threaded")
+        return pid
+
+    monkeypatch.setattr(os, "fork", fork_as_on_315)
+    calls: list[str] = []
+    atfork.atfork(
+        prepare=lambda: calls.append("prepare"),
+        parent=lambda: calls.append("parent"),
+        child=lambda: calls.append("child"),
+    )
+    assert ["prepare", "child"] == run_in_child(lambda: list(calls))
+    assert ["prepare", "parent"] == calls
+
+
 def test_parent_unraisablehook_is_restored() -> None:
     """The helper puts back the sys.unraisablehook it found."""
     before = sys.unraisablehook
