@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from free_threading import INTERPRETER_SKIP
 
 import atfork
 from atfork._registry import registry
@@ -60,11 +61,6 @@ def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     seen: list[Any] = []
     monkeypatch.setattr(sys, "unraisablehook", seen.append)
     return seen
-
-
-# A skip whose reason starts with this is about the interpreter running the
-# tests, not about something missing: ATFORK_NO_SKIP lets it through.
-INTERPRETER_SKIP = "not on this Python: "
 
 
 @pytest.hookimpl(hookwrapper=True)
