@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from free_threading import FREE_THREADED, INTERPRETER_SKIP, gil_enabled
 
 import atfork
 from atfork._registry import registry
@@ -62,11 +63,6 @@ def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     return seen
 
 
-# A skip whose reason starts with this is about the interpreter running the
-# tests, not about something missing: ATFORK_NO_SKIP lets it through.
-INTERPRETER_SKIP = "not on this Python: "
-
-
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -82,3 +78,40 @@ def pytest_runtest_makereport(
         if not str(reason).startswith(("Skipped: " + INTERPRETER_SKIP, INTERPRETER_SKIP)):
             report.outcome = "failed"
             report.longrepr = f"skipped, and ATFORK_NO_SKIP=1 forbids skips: {reason}"
+
+
+# On the free-threaded build, where the GIL was first found enabled: after
+# collection or after a test (its node id).
+_gil_enabled_after: list[str] = []
+
+
+def _note_the_gil(where: str) -> None:
+    if FREE_THREADED and not _gil_enabled_after and gil_enabled():
+        _gil_enabled_after.append(where)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _note_the_gil("collection")
+
+
+def pytest_runtest_logfinish(nodeid: str) -> None:
+    _note_the_gil(nodeid)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """On the free-threaded build the run fails unless the GIL stayed disabled
+    to its end: an extension module that does not declare free-threading
+    support enables the GIL at import (a RuntimeWarning says so), and every
+    test after it would run as on a GIL build."""
+    _note_the_gil("the last test")
+    if _gil_enabled_after:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _gil_enabled_after:
+        terminalreporter.section("GIL enabled", red=True)
+        terminalreporter.line(
+            "this free-threaded interpreter had its GIL enabled, first found "
+            f"after {_gil_enabled_after[0]}: the run fails"
+        )

@@ -20,7 +20,9 @@ variable                  default         what
 ========================  ==============  ===========================
 
 A test whose server does not answer, or whose driver is not installed,
-skips with the reason (and fails under ``ATFORK_NO_SKIP=1``, as in CI).
+skips with the reason (and fails under ``ATFORK_NO_SKIP=1``, as in CI). On
+the free-threaded build a test of psycopg2, which would enable the GIL,
+skips as a test for another Python.
 
 Each scenario runs in a fresh interpreter: a prelude (settings, helpers,
 and ``atfork.integrations.db.enable()`` when asked) and then the scenario's
@@ -38,6 +40,7 @@ import textwrap
 from typing import Any
 
 import pytest
+from free_threading import FREE_THREADED, NEEDS_GIL
 
 from atfork.testing import run_python
 
@@ -81,6 +84,8 @@ def require(server: str | None, *modules: str) -> None:
     then wait for that lock forever.
     """
     for module in modules:
+        if FREE_THREADED and module in NEEDS_GIL:
+            pytest.skip(NEEDS_GIL[module])
         if importlib.util.find_spec(module) is None:
             pytest.skip(f"{module} is not installed")
     if server is None:

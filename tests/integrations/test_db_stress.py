@@ -134,6 +134,10 @@ report({{"parent": tally, "children": reports}})
 """
 
 
+# The driver modules each kind of target needs.
+MODULES = {"engine": ("sqlalchemy", "psycopg2"), "pool": ("psycopg_pool",)}
+
+
 def _body(kind: str) -> str:
     return STRESS.format(kind=kind, children=12, queries=20)
 
@@ -144,7 +148,7 @@ def test_children_and_parent_share_one_tracked_engine_or_pool(kind: str) -> None
     psycopg_pool pool), dispose of it or exit normally, and try the parent's
     connection held mid-transaction, while the parent keeps querying: zero
     parent errors, zero crossed rows anywhere."""
-    require("postgresql", "sqlalchemy", "psycopg2", "psycopg_pool")
+    require("postgresql", *MODULES[kind])
     result = scenario(_body(kind), atfork=True, timeout=90)
     parent, children = result["parent"], result["children"]
     assert {"crossed": 0, "errors": []} == {k: parent[k] for k in ("crossed", "errors")}
@@ -163,7 +167,7 @@ def test_children_and_parent_share_one_tracked_engine_or_pool(kind: str) -> None
 def test_without_atfork_the_same_load_fails(kind: str) -> None:
     """The same load without atfork breaks: parent errors, crossed rows or a
     hang (parent and child waiting for one reply)."""
-    require("postgresql", "sqlalchemy", "psycopg2", "psycopg_pool")
+    require("postgresql", *MODULES[kind])
     # A hang is one of the failures: short deadlines for the script and
     # for its children (which hold its output pipes).
     run = run_python(source(_body(kind), atfork=False, child_alarm=4), timeout=5)

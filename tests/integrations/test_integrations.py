@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from free_threading import FREE_THREADED, INTERPRETER_SKIP
 
 import atfork.integrations as integrations
 from atfork.testing import run_python
@@ -35,6 +37,44 @@ def test_names_are_checked_before_anything_is_enabled() -> None:
     with pytest.raises(ValueError, match="nope"):
         integrations.enable(*integrations.BUILTIN, "nope")
     assert not any(integrations.get(name).is_enabled() for name in integrations.BUILTIN)
+
+
+GIL_AFTER_ENABLING = """
+import json, os, sys, types
+# uwsgi is enabled in a uWSGI process only: these stand for the modules
+# that uWSGI provides there.
+uwsgi = types.ModuleType("uwsgi")
+uwsgi.opt = {"py-call-uwsgi-fork-hooks": True}
+uwsgidecorators = types.ModuleType("uwsgidecorators")
+uwsgidecorators.postfork_chain = []
+sys.modules.update(uwsgi=uwsgi, uwsgidecorators=uwsgidecorators)
+import atfork, atfork.integrations
+from atfork.testing import wait_child
+names = atfork.integrations.available()
+atfork.integrations.enable(*names)
+pid = os.fork()
+if pid == 0:
+    os._exit(sys._is_gil_enabled())
+print(json.dumps({
+    "enabled": [name for name in names if atfork.integrations.get(name).is_enabled()],
+    "gil": sys._is_gil_enabled(),
+    "child's gil": wait_child(pid),
+}))
+"""
+
+
+@pytest.mark.skipif(
+    not FREE_THREADED, reason=f"{INTERPRETER_SKIP}the GIL is disabled on a free-threaded build only"
+)
+def test_enabling_every_integration_keeps_the_gil_disabled() -> None:
+    """On the free-threaded build, importing atfork, enabling every available
+    integration and forking leave the GIL disabled, in the parent and in the
+    child."""
+    run = run_python(GIL_AFTER_ENABLING, env={"PYTHONWARNINGS": "error"})
+    assert 0 == run.returncode, run.stderr
+    found = json.loads(run.stdout)
+    assert set(integrations.BUILTIN) <= set(found["enabled"])
+    assert {"enabled": integrations.available(), "gil": False, "child's gil": 0} == found
 
 
 # -- third-party integrations, from a real distribution ------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from free_threading import FREE_THREADED, NEEDS_GIL
 from servers import answers_by_worker, free_port, stop
 
 import atfork
@@ -34,7 +35,10 @@ def app(environ, start_response):
     return [json.dumps({"pid": os.getpid(), "ran": ran}).encode()]
 """
 
-needs_uwsgi = pytest.mark.skipif(UWSGI is None, reason="pyuwsgi is not installed")
+if FREE_THREADED:
+    needs_uwsgi = pytest.mark.skip(reason=NEEDS_GIL["pyuwsgi"])
+else:
+    needs_uwsgi = pytest.mark.skipif(UWSGI is None, reason="pyuwsgi is not installed")
 
 
 def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[int, Any], str]:
