@@ -156,8 +156,8 @@ def _after_in_child() -> None:
         registry.forked(None, None, registry.state.pid)
         return
     # The callbacks run in this process (for check()).
-    snapshot = fork.snapshot if fork.__class__ is _Fork else fork
-    registry.forked(snapshot, fork.members, getpid())  # type: ignore[arg-type]
+    snapshot = fork.snapshot if isinstance(fork, _Fork) else fork
+    registry.forked(snapshot, fork.members, getpid())
     if fork.nested:
         _forks[get_ident()] = _nested_done(fork)
         return
@@ -277,9 +277,15 @@ def fork_origin() -> str | None:
 _DISPATCHERS = frozenset(f.__code__ for f in (_before, _after_in_parent, _after_in_child, check))
 
 
-def _release_warnings() -> None:
+# CPython 3.14's warnings lock (see _install); None before 3.14.
+_lock_warnings = getattr(_warnings, "_acquire_lock", None)
+_unlock_warnings = getattr(_warnings, "_release_lock", None)
+
+
+def _unlock_warnings_in_child() -> None:
+    assert _unlock_warnings is not None
     with contextlib.suppress(RuntimeError):  # not held: no prepare phase ran for this fork
-        _warnings._release_lock()
+        _unlock_warnings()
 
 
 def _install() -> None:
@@ -297,20 +303,21 @@ def _install() -> None:
     # (Python/_warnings.c) that the child does not reinitialise: a child
     # forked while another thread was in ``warnings.warn()`` or
     # ``catch_warnings()`` hangs at its first warning. It is held across the
-    # fork: taken before every prepare callback (a thread holding it may be
-    # waiting for a lock that a prepare callback takes, never the reverse,
-    # since ``showwarning`` logs), and given back before every parent and
-    # child callback. It is recursive: callbacks may warn.
-    lock_warnings = getattr(_warnings, "_acquire_lock", None)
-    if lock_warnings is not None:
+    # fork, taken before any prepare callback takes a lock of its own (a
+    # thread in ``warn()`` holds it while ``showwarning`` logs, so taking it
+    # after the logging locks could deadlock) and given back before every
+    # parent and child callback: the releases are registered before the
+    # dispatcher, the acquisition after it (``before`` callbacks run
+    # last-registered-first). It is recursive: callbacks may warn.
+    if _lock_warnings is not None:
         os.register_at_fork(
-            after_in_parent=_warnings._release_lock, after_in_child=_release_warnings
+            after_in_parent=_unlock_warnings, after_in_child=_unlock_warnings_in_child
         )
     os.register_at_fork(
         before=_before, after_in_parent=_after_in_parent, after_in_child=_after_in_child
     )
-    if lock_warnings is not None:
-        os.register_at_fork(before=lock_warnings)
+    if _lock_warnings is not None:
+        os.register_at_fork(before=_lock_warnings)
 
 
 _install()
