@@ -10,7 +10,9 @@ import subprocess
 import sys
 import textwrap
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from free_threading import FREE_THREADED, INTERPRETER_SKIP
@@ -37,6 +39,148 @@ def test_names_are_checked_before_anything_is_enabled() -> None:
     with pytest.raises(ValueError, match="nope"):
         integrations.enable(*integrations.BUILTIN, "nope")
     assert not any(integrations.get(name).is_enabled() for name in integrations.BUILTIN)
+
+
+# -- enable(): all or nothing, each option to the integrations that take it ----
+
+# The built-in integrations these tests enable in this process.
+GENERAL = ("logging", "stdio", "random")
+
+
+@pytest.fixture
+def disabled_after() -> Iterator[None]:
+    """The integrations of GENERAL are disabled after the test, whatever it enabled."""
+    yield
+    for name in GENERAL:
+        integrations.get(name).disable()
+
+
+def enabled() -> list[str]:
+    return [name for name in GENERAL if integrations.get(name).is_enabled()]
+
+
+@pytest.mark.usefixtures("disabled_after")
+def test_an_option_goes_to_the_integration_that_takes_it() -> None:
+    """An option one of the named integrations takes goes to it alone: the others
+    are enabled without it."""
+    integrations.enable("logging", "stdio", shared_rotation=True)
+    assert ["logging", "stdio"] == enabled()
+
+
+@pytest.mark.usefixtures("disabled_after")
+def test_an_option_no_integration_takes_is_a_type_error() -> None:
+    """An option none of the named integrations takes is a TypeError naming it,
+    and nothing is enabled."""
+    with pytest.raises(TypeError, match="no integration among 'logging', 'stdio' takes 'mode'"):
+        integrations.enable("logging", "stdio", mode="derived")
+    assert [] == enabled()
+
+
+@pytest.mark.usefixtures("disabled_after")
+@pytest.mark.parametrize(
+    ("names", "options", "error", "message"),
+    [
+        (
+            ("logging", "stdio", "random"),
+            {"mode": "nope"},
+            ValueError,
+            "atfork integration 'random' could not be enabled: mode must be 'fresh' or "
+            "'derived', not 'nope'",
+        ),
+        (
+            ("stdio", "logging"),
+            {"shared_rotation": "yes"},
+            TypeError,
+            "atfork integration 'logging' could not be enabled: shared_rotation must be a "
+            "bool, not str",
+        ),
+        (
+            ("logging", "uwsgi"),
+            {},
+            RuntimeError,
+            "atfork integration 'uwsgi' could not be enabled: the uwsgi integration works "
+            "in a uWSGI process only",
+        ),
+    ],
+)
+def test_a_failing_integration_enables_none(
+    names: tuple[str, ...], options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """When one integration fails to enable, the error names it, keeps its type,
+    and those the call enabled before it are disabled again."""
+    with pytest.raises(error) as raised:
+        integrations.enable(*names, **options)
+    assert message == str(raised.value)[: len(message)]
+    assert [] == enabled()
+
+
+@pytest.mark.usefixtures("disabled_after")
+def test_a_failing_call_keeps_what_was_enabled_before_it() -> None:
+    """Rolling back a failed call leaves enabled an integration that was enabled
+    before the call."""
+    integrations.enable("stdio")
+    with pytest.raises(ValueError, match="'random'"):
+        integrations.enable("stdio", "logging", "random", mode="nope")
+    assert ["stdio"] == enabled()
+
+
+class Fake:
+    """An integration whose enable() or disable() raises what it is given."""
+
+    def __init__(
+        self, on_enable: Exception | None = None, on_disable: Exception | None = None
+    ) -> None:
+        self.on_enable, self.on_disable, self.enabled = on_enable, on_disable, False
+
+    def enable(self, **options: Any) -> None:
+        if self.on_enable:
+            raise self.on_enable
+        self.enabled = True
+
+    def disable(self) -> None:
+        if self.on_disable:
+            raise self.on_disable
+        self.enabled = False
+
+    def is_enabled(self) -> bool:
+        return self.enabled
+
+
+def test_a_failing_undo_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An integration whose disable() fails as a failed call is undone is named,
+    with what it raised, in the error of the call."""
+    fakes = {"a": Fake(on_disable=OSError("stuck")), "b": Fake(on_enable=ValueError("no"))}
+    monkeypatch.setattr(integrations, "get", fakes.__getitem__)
+    with pytest.raises(ValueError, match="could not be enabled") as raised:
+        integrations.enable("a", "b")
+    assert (
+        "atfork integration 'b' could not be enabled: no (and disabling 'a' again raised "
+        "OSError: stuck)"
+    ) == str(raised.value)
+
+
+def test_an_error_that_cannot_be_copied_is_raised_as_it_is(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error whose type cannot be made from a message alone is raised itself,
+    with a note naming the integration where notes exist (3.11+)."""
+    error = UnicodeDecodeError("utf-8", b"\xff", 0, 1, "invalid start byte")
+    fakes = {"a": Fake(), "b": Fake(on_enable=error)}
+    monkeypatch.setattr(integrations, "get", fakes.__getitem__)
+    with pytest.raises(UnicodeDecodeError) as raised:
+        integrations.enable("a", "b")
+    notes = ["atfork integration 'b' could not be enabled: " + str(error)]
+    assert (error, False) == (raised.value, fakes["a"].enabled)
+    assert (notes if sys.version_info >= (3, 11) else []) == getattr(error, "__notes__", [])
+
+
+@pytest.mark.parametrize("name", [["logging", "stdio"], None, 3])
+def test_a_name_that_is_not_a_string_is_a_type_error(name: Any) -> None:
+    """A name that is not a str (a list of names, say) is a TypeError saying so."""
+    with pytest.raises(TypeError) as raised:
+        integrations.enable(name)
+    message = f"an atfork integration name is a str, not {type(name).__name__}"
+    assert message == str(raised.value)[: len(message)]
 
 
 GIL_AFTER_ENABLING = """
@@ -92,20 +236,41 @@ def is_enabled():
     return bool(enabled)
 
 not_an_integration = object()
+
+
+class refusing:  # an integration whose enable() always raises
+
+    @staticmethod
+    def enable(**options):
+        raise RuntimeError("not here:\\nno server to attach to")
+
+    @staticmethod
+    def disable():
+        pass
+
+    @staticmethod
+    def is_enabled():
+        return False
 """
 
 ENTRY_POINTS = """\
 [atfork.integrations]
 sample = atfork_sample
 broken = atfork_sample:not_an_integration
+refusing = atfork_sample:refusing
+unimportable = atfork_sample_unimportable
 """
+
+# A plug-in module that raises when it is imported.
+UNIMPORTABLE = 'raise RuntimeError("needs a server")\n'
 
 
 def build_wheel(directory: Path) -> Path:
-    """A wheel of the distribution atfork-sample, which declares two entry points."""
+    """A wheel of the distribution atfork-sample, which declares four entry points."""
     dist_info = "atfork_sample-1.0.dist-info"
     files = {
         "atfork_sample.py": SAMPLE,
+        "atfork_sample_unimportable.py": UNIMPORTABLE,
         f"{dist_info}/METADATA": "Metadata-Version: 2.1\nName: atfork-sample\nVersion: 1.0\n",
         f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
         "Tag: py3-none-any\n",
@@ -165,7 +330,7 @@ def test_entry_points_are_available(sample_path: str) -> None:
         print(i.available())
     """,
     )
-    assert {"sample", "broken", *integrations.BUILTIN} == set(eval(out))
+    assert {"sample", "broken", "refusing", "unimportable", *integrations.BUILTIN} == set(eval(out))
 
 
 def test_entry_point_integration_is_enabled_with_options(sample_path: str) -> None:
@@ -195,6 +360,59 @@ def test_entry_point_that_is_not_an_integration(sample_path: str) -> None:
     """,
     )
     assert "is not an atfork integration: it lacks enable, disable, is_enabled" in out
+
+
+def test_entry_point_that_fails_to_import(sample_path: str) -> None:
+    """A plug-in whose module raises at import is an ImportError that names it."""
+    out = run_with_sample(
+        sample_path,
+        """
+        import atfork.integrations as i
+        try:
+            i.enable("unimportable")
+        except ImportError as error:
+            print(error)
+    """,
+    )
+    assert (
+        "atfork integration 'unimportable' (entry point 'atfork_sample_unimportable') "
+        "could not be imported: RuntimeError: needs a server\n"
+    ) == out
+
+
+def test_an_option_goes_to_each_integration_that_takes_it(sample_path: str) -> None:
+    """An option is given to every named integration that takes it, here a
+    built-in one by name and a plug-in through its **options."""
+    out = run_with_sample(
+        sample_path,
+        """
+        import atfork.integrations as i, atfork_sample
+        from atfork.integrations import logging
+        i.enable("sample", "logging", "stdio", shared_rotation=True)
+        print(atfork_sample.enabled, logging._shared_rotation, i.get("stdio").is_enabled())
+    """,
+    )
+    assert "[{'shared_rotation': True}] True True\n" == out
+
+
+def test_a_plug_in_that_fails_to_enable_enables_none(sample_path: str) -> None:
+    """A plug-in whose enable() raises is named in the error, and the integrations
+    enabled before it in the same call are disabled again."""
+    out = run_with_sample(
+        sample_path,
+        """
+        import atfork.integrations as i
+        try:
+            i.enable("sample", "logging", "refusing")
+        except RuntimeError as error:
+            print(repr(str(error)))
+        print(i.get("sample").is_enabled(), i.get("logging").is_enabled())
+    """,
+    )
+    message = (
+        "atfork integration 'refusing' could not be enabled: not here:\nno server to attach to"
+    )
+    assert f"{message!r}\nFalse False\n" == out
 
 
 # -- ATFORK_INTEGRATIONS: enabling at interpreter start-up (atfork.pth) --------
