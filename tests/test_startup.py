@@ -72,6 +72,36 @@ def test_pth_file_enables_the_integrations() -> None:
     assert (0, "True True\n", "") == (result.returncode, result.stdout, result.stderr)
 
 
+# Prints which of these integrations the start-up files enabled.
+REPORT_ENABLED = (
+    "import atfork.integrations as i\n"
+    "print([n for n in ('logging', 'stdio', 'random') if i.get(n).is_enabled()])\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "enabled", "bad"),
+    [
+        ("logging,,nope", ["logging"], ["nope"]),
+        ("nope,logging, bogus,stdio", ["logging", "stdio"], ["nope", "bogus"]),
+        ("uwsgi,logging", ["logging"], ["uwsgi"]),
+        (",logging,,stdio,", ["logging", "stdio"], []),
+        (" , ", [], []),
+    ],
+)
+def test_pth_file_enables_every_valid_name(value: str, enabled: list[str], bad: list[str]) -> None:
+    """Through atfork.pth, every valid name is enabled and each bad one is reported
+    in a line of its own that names it; empty items are nothing."""
+    result = run_python(REPORT_ENABLED, env={"ATFORK_INTEGRATIONS": value})
+    assert (0, f"{enabled}\n") == (result.returncode, result.stdout), result.stderr
+    lines = result.stderr.splitlines()
+    assert [(True, True)] * len(bad) == [
+        (line.startswith("atfork: ATFORK_INTEGRATIONS: "), repr(name) in line)
+        for name, line in zip(bad, lines)
+    ]
+    assert len(bad) == len(lines), result.stderr
+
+
 def test_pth_file_without_the_variable_does_not_import_atfork() -> None:
     """Through atfork.pth, start-up with the variable unset does not import atfork."""
     result = run_python("import sys; print('atfork' in sys.modules)", env=UNSET)

@@ -445,6 +445,23 @@ def test_environment_variable_with_an_unknown_name(sample_path: str) -> None:
 
 
 @needs_pth
+def test_environment_variable_with_a_plug_in_that_fails(sample_path: str) -> None:
+    """A plug-in that fails to import, or to enable, is named in a line of its
+    own on stderr; the other integrations named are enabled."""
+    result = run_python(
+        "import atfork_sample; print(atfork_sample.enabled)",
+        env={"PYTHONPATH": sample_path, "ATFORK_INTEGRATIONS": "unimportable,refusing,sample"},
+    )
+    assert (0, "[{}]\n") == (result.returncode, result.stdout), result.stderr
+    assert [
+        "atfork: ATFORK_INTEGRATIONS: atfork integration 'unimportable' (entry point "
+        "'atfork_sample_unimportable') could not be imported: RuntimeError: needs a server",
+        "atfork: ATFORK_INTEGRATIONS: atfork integration 'refusing' could not be enabled: "
+        "not here: no server to attach to",
+    ] == result.stderr.splitlines()
+
+
+@needs_pth
 def test_without_the_variable_atfork_is_not_imported() -> None:
     """With ATFORK_INTEGRATIONS unset, start-up does not import atfork."""
     result = run_python("import sys; print('atfork' in sys.modules)")
