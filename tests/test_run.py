@@ -83,18 +83,95 @@ def test_the_programs_exit_code_is_kept(tmp_path: Path, atfork_cli: Callable[...
         (["missing.py"], "no such file: 'missing.py'"),
         ([], "a SCRIPT or -m MODULE is required"),
         (["-m"], "-m needs a MODULE"),
+        (["--enable", "uwsgi", "x.py"], "atfork integration 'uwsgi' could not be enabled: "),
+        (["--enable", "", "x.py"], "--enable '' names no integration"),
+        (["--enable", ",", "x.py"], "--enable ',' names no integration"),
+        (["--enable", "logging", "--enable", "", "x.py"], "--enable '' names no integration"),
+        (["--"], "a SCRIPT or -m MODULE is required"),
     ],
 )
 def test_bad_command_lines_are_one_line_errors(
     tmp_path: Path, atfork_cli: Callable[..., Any], args: list[str], message: str
 ) -> None:
-    """A bad name or target is a one-line error and exit code 2; nothing runs."""
+    """A bad name, an integration that cannot be enabled here, or a bad target is a
+    one-line error and exit code 2; nothing runs."""
     (tmp_path / "x.py").write_text("print('ran')\n")
     done = atfork_cli("run", *args)
     assert (2, "") == (done.returncode, done.stdout)
     assert 1 == len(done.stderr.splitlines()), done.stderr
     assert done.stderr.startswith("python -m atfork run: error: ")
     assert message in done.stderr
+
+
+PLUG_IN = """
+def enable(**options):
+    raise RuntimeError("not here:\\nno server to attach to")
+
+def disable():
+    pass
+
+def is_enabled():
+    return False
+"""
+
+
+def test_a_plug_in_that_fails_to_enable_is_a_one_line_error(
+    tmp_path: Path, atfork_cli: Callable[..., Any]
+) -> None:
+    """A plug-in whose enable() raises is a one-line error naming it, and exit code 2."""
+    (tmp_path / "x.py").write_text("print('ran')\n")
+    (tmp_path / "refusing_plug_in.py").write_text(PLUG_IN)
+    dist_info = tmp_path / "refusing_plug_in-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: refusing-plug-in\n")
+    (dist_info / "entry_points.txt").write_text(
+        "[atfork.integrations]\nrefusing = refusing_plug_in\n"
+    )
+    done = atfork_cli(
+        "run",
+        "--enable",
+        "logging,refusing",
+        "x.py",
+        env={"PYTHONPATH": os.pathsep.join([str(tmp_path), SOURCE])},
+    )
+    assert (
+        2,
+        "",
+        "python -m atfork run: error: atfork integration 'refusing' could not be enabled: "
+        "not here: no server to attach to (see --help)\n",
+    ) == (done.returncode, done.stdout, done.stderr)
+
+
+def test_enable_options_add_up(tmp_path: Path, atfork_cli: Callable[..., Any]) -> None:
+    """--enable given more than once enables the names of each, once each."""
+    (tmp_path / "report.py").write_text(REPORT)
+    done = atfork_cli(
+        "run", "--enable", "stdio", "--enable", "random", "--enable", "stdio", "report.py"
+    )
+    report = json.loads(done.stdout)
+    assert (["random", "stdio"], "stdio,random") == (report["enabled"], report["variable"])
+
+
+@pytest.mark.parametrize(
+    ("args", "argv"),
+    [
+        (["--", "report.py", "a"], ["report.py", "a"]),
+        (["--enable", "logging", "--", "report.py", "--", "x"], ["report.py", "--", "x"]),
+        (["report.py", "--", "x"], ["report.py", "--", "x"]),
+        (["-m", "report", "--", "x"], ["{report}", "--", "x"]),
+        (["-m", "report", "a", "--", "--enable", "x"], ["{report}", "a", "--", "--enable", "x"]),
+    ],
+)
+def test_a_double_dash(
+    tmp_path: Path, atfork_cli: Callable[..., Any], args: list[str], argv: list[str]
+) -> None:
+    """A "--" before the program ends the options of run; after the program it is
+    the program's argument."""
+    (tmp_path / "report.py").write_text(REPORT)
+    done = atfork_cli("run", *args)
+    assert 0 == done.returncode, done.stderr
+    report = str(tmp_path / "report.py")
+    assert [a.format(report=report) for a in argv] == json.loads(done.stdout)["argv"]
 
 
 SIBLINGS = textwrap.dedent("""
