@@ -13,6 +13,8 @@ import importlib
 from collections.abc import Sequence
 from typing import NoReturn
 
+from atfork import __version__
+
 __all__ = ["COMMANDS", "main"]
 
 #: Command name -> the module that implements it, in ``--help`` order.
@@ -34,6 +36,7 @@ def parser() -> argparse.ArgumentParser:
     """The parser of ``python -m atfork`` with every command's subparser.
     A command gets its own parser as ``args.parser``, to report errors."""
     top = _Parser(prog="python -m atfork", description="atfork: fork-safety for Python programs.")
+    top.add_argument("--version", action="version", version=f"atfork {__version__}")
     commands = top.add_subparsers(
         title="commands", metavar="COMMAND", required=True, parser_class=_Parser
     )

@@ -6,6 +6,7 @@ from typing import Any, Callable
 
 import pytest
 
+import atfork
 from atfork import _cli
 
 
@@ -15,6 +16,16 @@ def test_help_lists_the_commands(atfork_cli: Callable[..., Any]) -> None:
     assert 0 == done.returncode
     for name in _cli.COMMANDS:
         assert f"    {name} " in done.stdout
+
+
+def test_version(atfork_cli: Callable[..., Any]) -> None:
+    """--version prints atfork's version and exits 0."""
+    done = atfork_cli("--version")
+    assert (0, f"atfork {atfork.__version__}\n", "") == (
+        done.returncode,
+        done.stdout,
+        done.stderr,
+    )
 
 
 def test_a_command_is_required() -> None:
