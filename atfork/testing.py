@@ -5,6 +5,12 @@ or its exception, back to the parent; :func:`run_python` runs source code in
 a fresh interpreter. Both wait with a deadline: a child still running at the
 deadline has its stack dumped (by :mod:`faulthandler`) and is killed.
 
+Every ``timeout`` is a number of seconds, positive and at most
+:data:`MAX_TIMEOUT` (one week, below the limit of every system call the
+helpers wait in); any other value (infinity and NaN included) raises
+``ValueError``, and a value that is not a number ``TypeError``, before
+anything starts.
+
 .. versionadded:: 0.1
 """
 
@@ -27,8 +33,10 @@ from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, TypeVar
 
 from atfork._report import REPORT_PREFIX, unraisable_args
+from atfork._timeout import MAX_TIMEOUT, check_timeout
 
 __all__ = [
+    "MAX_TIMEOUT",
     "ChildCallbackError",
     "ChildError",
     "ChildTimeoutError",
@@ -92,14 +100,6 @@ class _RemoteTraceback(Exception):
         return f"\n\nin the child:\n{self.args[0]}"
 
 
-def _check_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be positive, not {timeout!r}")
-    return float(timeout)
-
-
 def _read_stack(fd: int, quiet: float = 0.3, limit: float = 3.0) -> str:
     """Read what a dumping child writes until it has been quiet a while."""
     chunks = []
@@ -156,7 +156,7 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
 
     .. versionadded:: 0.1
     """
-    status = _wait(pid, time.monotonic() + _check_timeout(timeout))
+    status = _wait(pid, time.monotonic() + check_timeout(timeout))
     if status is None:
         _kill(pid, None)
         raise ChildTimeoutError(
@@ -292,7 +292,7 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
 
     .. versionadded:: 0.1
     """
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
     result_r, result_w = os.pipe()
     stack_r, stack_w = os.pipe()
     pid = -1
@@ -388,7 +388,7 @@ def run_python(
 
     .. versionadded:: 0.1
     """
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     environ.update(env or {})
     process = subprocess.Popen(

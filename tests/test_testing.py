@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -15,6 +16,7 @@ import pytest
 
 import atfork
 from atfork.testing import (
+    MAX_TIMEOUT,
     ChildCallbackError,
     ChildError,
     ChildTimeoutError,
@@ -26,6 +28,11 @@ from atfork.testing import (
 
 def hang_forever() -> None:
     threading.Event().wait()
+
+
+def forbidden(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for os.fork or subprocess.Popen where nothing may start."""
+    raise AssertionError("started a process before checking its arguments")
 
 
 # -- run_in_child ---------------------------------------------------------------
@@ -85,17 +92,36 @@ def test_child_hung_in_a_fork_callback_still_dumps_its_stack() -> None:
     assert "in stuck_in_child_callback" in info.value.stack
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0])
-def test_timeout_must_be_positive(timeout: float) -> None:
-    """A deadline that is not positive is refused before forking."""
-    with pytest.raises(ValueError, match="timeout must be positive"):
+BAD_TIMEOUTS = [0, -1.0, float("nan"), float("inf"), 1e12, MAX_TIMEOUT + 1]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_timeout_must_be_positive_and_at_most_a_week(
+    timeout: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadline that is not positive, is NaN or exceeds MAX_TIMEOUT is refused before forking."""
+    monkeypatch.setattr(os, "fork", forbidden)
+    message = r"timeout must be a positive number of seconds, at most 604800 \(a week\), not "
+    with pytest.raises(ValueError, match=message):
         run_in_child(lambda: None, timeout=timeout)
 
 
-def test_timeout_must_be_a_number() -> None:
-    """A deadline that is not a number is a TypeError."""
-    with pytest.raises(TypeError, match="timeout must be a number"):
-        run_in_child(lambda: None, timeout="1")  # type: ignore[arg-type]
+@pytest.mark.parametrize("timeout", ["1", None, True])
+def test_timeout_must_be_a_number(timeout: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline that is not a number (a bool is none) is a TypeError, before forking."""
+    monkeypatch.setattr(os, "fork", forbidden)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds, not "):
+        run_in_child(lambda: None, timeout=timeout)
+
+
+def test_the_longest_timeout_works() -> None:
+    """MAX_TIMEOUT is within what the system calls of every helper accept."""
+    assert 1 == run_in_child(lambda: 1, timeout=MAX_TIMEOUT)
+    assert "1\n" == run_python("print(1)", timeout=MAX_TIMEOUT).stdout
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        os._exit(0)
+    assert 0 == wait_child(pid, timeout=MAX_TIMEOUT)
 
 
 def test_child_callback_errors_are_reported_in_the_parent(unraisable: list[Any]) -> None:
@@ -184,6 +210,17 @@ def test_wait_child_kills_at_the_deadline() -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_wait_child_refuses_a_bad_timeout_and_leaves_the_child(timeout: float) -> None:
+    """A bad deadline is a ValueError; the child is neither waited for nor killed."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        os._exit(6)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        wait_child(pid, timeout=timeout)
+    assert 6 == wait_child(pid)
+
+
 # -- run_python -------------------------------------------------------------------
 
 
@@ -204,6 +241,14 @@ def test_run_python_kills_at_the_deadline_with_the_stack() -> None:
     assert result.returncode is None
     assert "started\n" == result.stdout
     assert 'File "<string>", line 3' in result.stack
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_run_python_refuses_a_bad_timeout(timeout: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad deadline is a ValueError before the interpreter starts."""
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        run_python("pass", timeout=timeout)
 
 
 def test_run_python_removes_pythonunbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
