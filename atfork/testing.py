@@ -9,7 +9,10 @@ Every ``timeout`` is a number of seconds, positive and at most
 :data:`MAX_TIMEOUT` (one week, below the limit of every system call the
 helpers wait in); any other value (infinity and NaN included) raises
 ``ValueError``, and a value that is not a number ``TypeError``, before
-anything starts.
+anything starts. Whatever raises in the parent once a child exists (an
+error, ``KeyboardInterrupt``), the helper kills and reaps that child (for
+:func:`run_python`, the interpreter's process group) before the exception
+goes on.
 
 .. versionadded:: 0.1
 """
@@ -154,9 +157,19 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
     :raises ChildTimeoutError: the child was still running at the deadline;
         it was killed.
 
+    Any other exception while it waits (``KeyboardInterrupt``, say) kills
+    and reaps the child too, unless ``pid`` is not a child of this process.
+
     .. versionadded:: 0.1
     """
-    status = _wait(pid, time.monotonic() + check_timeout(timeout))
+    deadline = time.monotonic() + check_timeout(timeout)
+    try:
+        status = _wait(pid, deadline)
+    except ChildProcessError:  # not our child: not ours to kill either
+        raise
+    except BaseException:
+        _kill(pid, None)
+        raise
     if status is None:
         _kill(pid, None)
         raise ChildTimeoutError(
@@ -296,6 +309,7 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
     result_r, result_w = os.pipe()
     stack_r, stack_w = os.pipe()
     pid = -1
+    unreaped = 0  # the child's pid from the fork until it is reaped
     reports, previous_hook = _catch_child_reports()
     try:
         # Registered in the parent so that the child inherits it from its
@@ -304,10 +318,14 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         try:
             pid = _fork()
             if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
-                sys.unraisablehook = previous_hook
-                os.close(result_r)
-                os.close(stack_r)
-                _child_main(result_w, func, args, reports)
+                try:
+                    sys.unraisablehook = previous_hook
+                    os.close(result_r)
+                    os.close(stack_r)
+                    _child_main(result_w, func, args, reports)
+                finally:
+                    os._exit(1)  # the child never returns into the caller's code
+            unreaped = pid
         finally:
             if pid:
                 faulthandler.unregister(DUMP_SIGNAL)
@@ -320,12 +338,16 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         status = _wait(pid, deadline)
         if status is None:
             stack = _kill(pid, stack_r)
+            unreaped = 0
             raise ChildTimeoutError(
                 f"the child (pid {pid}) was still running after {timeout:g} s and was "
                 f"killed; its stack:",
                 stack,
             )
+        unreaped = 0
     finally:
+        if unreaped:  # something raised in the parent while the child ran
+            _kill(unreaped, None)
         for fd in (result_r, result_w, stack_r, stack_w):
             if fd >= 0:
                 os.close(fd)
@@ -400,6 +422,21 @@ def run_python(
         # output pipes open, are killed with it.
         start_new_session=True,
     )
+    try:
+        return _communicate(process, timeout)
+    except BaseException:  # an error or Ctrl-C in the parent: nothing may outlive it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        raise
+
+
+def _communicate(process: subprocess.Popen[bytes], timeout: float) -> PythonRun:
+    """What ``process`` wrote and its exit code; at the deadline, its stack,
+    and its process group killed."""
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

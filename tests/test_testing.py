@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from typing import Any
 import pytest
 
 import atfork
+import atfork.testing
 from atfork.testing import (
     MAX_TIMEOUT,
     ChildCallbackError,
@@ -33,6 +36,24 @@ def hang_forever() -> None:
 def forbidden(*args: Any, **kwargs: Any) -> Any:
     """Stands in for os.fork or subprocess.Popen where nothing may start."""
     raise AssertionError("started a process before checking its arguments")
+
+
+def reaped(pid: int) -> bool:
+    """Whether child ``pid`` was reaped already; a child that was not is
+    killed and reaped now, so that a failing test leaves nothing behind."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    if not done:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return False
+
+
+def interrupt(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for the parent's wait: Ctrl-C arrives during it."""
+    raise KeyboardInterrupt
 
 
 # -- run_in_child ---------------------------------------------------------------
@@ -124,6 +145,29 @@ def test_the_longest_timeout_works() -> None:
     assert 0 == wait_child(pid, timeout=MAX_TIMEOUT)
 
 
+def test_an_interrupted_run_in_child_kills_its_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception in the parent after the fork (Ctrl-C while it waits) kills and reaps it."""
+    pid_r, pid_w = os.pipe()
+
+    def tell_pid_and_hang() -> None:
+        os.write(pid_w, str(os.getpid()).encode())
+        hang_forever()
+
+    def interrupt_once_started(fd: int, deadline: float) -> bytes:
+        assert select.select([pid_r], [], [], 30)[0]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atfork.testing, "_read_result", interrupt_once_started)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_in_child(tell_pid_and_hang, timeout=30)
+        pid = int(os.read(pid_r, 100))
+    finally:
+        os.close(pid_r)
+        os.close(pid_w)
+    assert reaped(pid)
+
+
 def test_child_callback_errors_are_reported_in_the_parent(unraisable: list[Any]) -> None:
     """An atfork callback that raises in the child is reported again in the parent."""
 
@@ -210,6 +254,17 @@ def test_wait_child_kills_at_the_deadline() -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def test_an_interrupted_wait_child_kills_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while wait_child waits (Ctrl-C) kills and reaps the child."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        hang_forever()
+    monkeypatch.setattr(atfork.testing, "_wait", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        wait_child(pid, timeout=30)
+    assert reaped(pid)
+
+
 @pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
 def test_wait_child_refuses_a_bad_timeout_and_leaves_the_child(timeout: float) -> None:
     """A bad deadline is a ValueError; the child is neither waited for nor killed."""
@@ -249,6 +304,24 @@ def test_run_python_refuses_a_bad_timeout(timeout: float, monkeypatch: pytest.Mo
     monkeypatch.setattr(subprocess, "Popen", forbidden)
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
         run_python("pass", timeout=timeout)
+
+
+def test_an_interrupted_run_python_kills_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while run_python waits (Ctrl-C) kills the interpreter and reaps it."""
+    started: list[int] = []
+
+    def interrupted(process: subprocess.Popen[bytes], timeout: float | None = None) -> Any:
+        started.append(process.pid)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_python("import threading\nthreading.Event().wait()", timeout=30)
+        assert reaped(started[0])
+    finally:
+        with contextlib.suppress(ProcessLookupError, IndexError):
+            os.killpg(started[0], signal.SIGKILL)
 
 
 def test_run_python_removes_pythonunbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
