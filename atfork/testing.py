@@ -154,6 +154,12 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
     The exit code is negative for a child killed by a signal, as
     :func:`os.waitstatus_to_exitcode` gives it.
 
+    :param pid: the process id :func:`os.fork` returned, a positive int (0
+        and below, which :func:`os.waitpid` takes for "any child" or a
+        process group, would reap a child that is not the one meant).
+    :raises TypeError: ``pid`` is not an int (a bool is not one here).
+    :raises ValueError: ``pid`` is 0 or below.
+    :raises ChildProcessError: ``pid`` is not a child of this process.
     :raises ChildTimeoutError: the child was still running at the deadline;
         it was killed.
 
@@ -162,6 +168,10 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
 
     .. versionadded:: 0.1
     """
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise ValueError(f"pid must be a positive process id, not {pid}")
     deadline = time.monotonic() + check_timeout(timeout)
     try:
         status = _wait(pid, deadline)

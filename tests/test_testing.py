@@ -276,6 +276,24 @@ def test_wait_child_refuses_a_bad_timeout_and_leaves_the_child(timeout: float) -
     assert 6 == wait_child(pid)
 
 
+@pytest.mark.parametrize("pid", [-1, 0, -os.getpgrp()], ids=["-1", "0", "-pgid"])
+def test_wait_child_refuses_a_pid_that_names_no_single_child(pid: int) -> None:
+    """A pid of 0 or below (any child, a process group) is a ValueError; no child is reaped."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        os._exit(5)
+    with pytest.raises(ValueError, match=f"pid must be a positive process id, not {pid}"):
+        wait_child(pid, timeout=5)
+    assert 5 == wait_child(child)
+
+
+@pytest.mark.parametrize("pid", [True, 1.0, "1", None])
+def test_wait_child_pid_must_be_an_int(pid: Any) -> None:
+    """A pid that is not an int (a bool is none) is a TypeError."""
+    with pytest.raises(TypeError, match="pid must be an int, not "):
+        wait_child(pid)
+
+
 # -- run_python -------------------------------------------------------------------
 
 
