@@ -394,7 +394,29 @@ class PythonRun(NamedTuple):
 
 
 _STACK_DUMP = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-f]+", re.MULTILINE)
-_PROLOGUE = "import faulthandler, signal; faulthandler.register(signal.{}, all_threads=True); "
+
+# The file name of run_python's source in its tracebacks and stacks.
+_SOURCE_NAME = "<run_python>"
+
+# The program given to ``python -c``; the source follows it as sys.argv[1].
+# The source is compiled apart, so that nothing is put before its first line
+# (a __future__ import or a docstring must come first, and the line numbers
+# stay its own), and runs in __main__'s namespace, where the loader leaves
+# none of its names. Any Python 3 runs it (``executable`` may be another one).
+_LOADER = """\
+def _atfork_run_python():
+    import faulthandler, signal, sys
+    del globals()["_atfork_run_python"]
+    faulthandler.register(signal.{signal}, all_threads=True)
+    source = sys.argv.pop(1)
+    # 3.13+ show -c's source in tracebacks (linecache is loaded at start-up):
+    # they show this source too. Older versions do not import it for this.
+    linecache = sys.modules.get("linecache")
+    if linecache is not None:
+        linecache.cache[{name!r}] = (len(source), None, source.splitlines(True), {name!r})
+    return compile(source, {name!r}, "exec", dont_inherit=True)
+exec(_atfork_run_python())
+"""
 
 
 def run_python(
@@ -402,29 +424,48 @@ def run_python(
     *,
     timeout: float = 30.0,
     env: Mapping[str, str] | None = None,
-    executable: str | None = None,
+    executable: str | os.PathLike[str] | None = None,
 ) -> PythonRun:
     """Run ``source`` in a fresh interpreter with a deadline.
 
-    The first line of ``source`` gets a prologue (on the same line, so line
-    numbers are kept) that lets the interpreter dump its stack: at the
-    deadline it is dumped, and the interpreter killed, with every process it
-    started (it runs in a process group of its own). Children still holding
-    its output at the deadline after it exited are killed too.
+    ``source`` runs as with ``python -c``: as ``__main__``, with
+    ``sys.argv == ["-c"]``; it may begin with any statement, a docstring or
+    a ``__future__`` import. Its tracebacks and stacks name it
+    ``"<run_python>"``, with its own line numbers, below one frame of the
+    ``-c`` loader that runs it. That loader lets the interpreter dump its
+    stack: at the deadline it is dumped, and the interpreter killed, with
+    every process it started (it runs in a process group of its own).
+    Children still holding its output at the deadline after it exited are
+    killed too.
 
-    :param env: variables added to (a copy of) this process's environment.
-        ``PYTHONUNBUFFERED`` is removed unless ``env`` sets it: it makes
-        stdout unbuffered and so hides the stream failures after fork.
+    :param source: Python source code, a str.
+    :param env: variables added to (a copy of) this process's environment,
+        a mapping of str to str. ``PYTHONUNBUFFERED`` is removed unless
+        ``env`` sets it: it makes stdout unbuffered and so hides the stream
+        failures after fork.
     :param executable: the interpreter; :data:`sys.executable` by default.
     :returns: a :class:`PythonRun`; a run that timed out does not raise.
+    :raises TypeError: an argument has the wrong type (before anything
+        starts).
 
     .. versionadded:: 0.1
     """
     timeout = check_timeout(timeout)
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a str, not {type(source).__name__}")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+        for key, value in env.items():
+            if not (isinstance(key, str) and isinstance(value, str)):
+                raise TypeError(f"env must map str to str, not {key!r}: {value!r}")
+    if executable is not None and not isinstance(executable, (str, os.PathLike)):
+        raise TypeError(f"executable must be a path, not {type(executable).__name__}")
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     environ.update(env or {})
+    loader = _LOADER.format(signal=DUMP_SIGNAL.name, name=_SOURCE_NAME)
     process = subprocess.Popen(
-        [executable or sys.executable, "-c", _PROLOGUE.format(DUMP_SIGNAL.name) + source],
+        [executable or sys.executable, "-c", loader, source],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=environ,

@@ -302,7 +302,7 @@ def test_run_python_gives_output_and_exit_code() -> None:
     result = run_python("import sys\nprint('out')\nraise SystemExit(3)")
     assert (3, "out\n", False) == (result.returncode, result.stdout, result.timed_out)
     traceback_run = run_python("x = 1\nraise ValueError('line two')")
-    assert 'File "<string>", line 2' in traceback_run.stderr
+    assert 'File "<run_python>", line 2' in traceback_run.stderr
 
 
 def test_run_python_kills_at_the_deadline_with_the_stack() -> None:
@@ -313,7 +313,7 @@ def test_run_python_kills_at_the_deadline_with_the_stack() -> None:
     assert result.timed_out
     assert result.returncode is None
     assert "started\n" == result.stdout
-    assert 'File "<string>", line 3' in result.stack
+    assert 'File "<run_python>", line 3' in result.stack
 
 
 @pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
@@ -340,6 +340,61 @@ def test_an_interrupted_run_python_kills_the_interpreter(monkeypatch: pytest.Mon
     finally:
         with contextlib.suppress(ProcessLookupError, IndexError):
             os.killpg(started[0], signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def f():\n    return 'ok'\nprint(f())",
+        "class C:\n    x = 'ok'\nprint(C.x)",
+        "if True:\n    print('ok')",
+        "with open(__import__('os').devnull):\n    print('ok')",
+        "@staticmethod\ndef f():\n    return 'ok'\nprint(f.__func__())",
+        "from __future__ import annotations\ndef f(x: Undefined) -> None: pass\nprint('ok')",
+        "'ok'\nprint(__doc__)",
+    ],
+    ids=["def", "class", "if", "with", "decorator", "future", "docstring"],
+)
+def test_run_python_runs_any_source(source: str) -> None:
+    """A source may begin with any statement: a compound one, a __future__ import or a docstring."""
+    result = run_python(source)
+    assert (0, "ok\n", "") == (result.returncode, result.stdout, result.stderr)
+
+
+def test_run_python_runs_the_source_as_main() -> None:
+    """The source runs as __main__, with sys.argv ["-c"] and none of the helper's names."""
+    source = "import sys\nprint(__name__, sys.argv, [n for n in globals() if n[:2] != '__'])"
+    assert "__main__ ['-c'] ['sys']\n" == run_python(source).stdout
+
+
+def test_run_python_tracebacks_give_the_sources_line_numbers() -> None:
+    """A traceback names each line of the source by its own number, after a docstring too."""
+    source = '"""A docstring."""\ndef fail():\n    raise ValueError("three")\nfail()\n'
+    stderr = run_python(source).stderr
+    assert 'File "<run_python>", line 4, in <module>' in stderr
+    assert 'File "<run_python>", line 3, in fail' in stderr
+    if sys.version_info >= (3, 13):  # where linecache is loaded at start-up anyway
+        assert '    raise ValueError("three")\n' in stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"source": 123}, "source must be a str, not int"),
+        ({"source": b"pass"}, "source must be a str, not bytes"),
+        ({"source": "pass", "env": {"A": 1}}, "env must map str to str, not 'A': 1"),
+        ({"source": "pass", "env": {1: "a"}}, "env must map str to str, not 1: 'a'"),
+        ({"source": "pass", "env": [("A", "1")]}, "env must be a mapping, not list"),
+        ({"source": "pass", "executable": 1}, "executable must be a path, not int"),
+    ],
+)
+def test_run_python_checks_its_arguments_first(
+    arguments: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arguments of the wrong type are a TypeError before the interpreter starts."""
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    with pytest.raises(TypeError, match=re.escape(message)):
+        run_python(**arguments)
 
 
 def test_run_python_removes_pythonunbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
