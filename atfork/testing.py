@@ -295,15 +295,19 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
     """Call ``func(*args)`` in a forked child and return its result.
 
     The result travels back pickled; an exception raised in the child is
-    raised again in the parent, with the child's traceback as its cause.
-    The atfork callbacks run as with any ``os.fork()``; an exception raised
-    by one in the child is reported again in the parent through
+    raised again in the parent, with the child's traceback as its cause,
+    except ``SystemExit`` (``sys.exit()`` in the child): raised again, it
+    would end the calling program, so it becomes a :class:`ChildError`
+    naming the exit code, with the ``SystemExit`` (and its ``code``) as its
+    cause. The atfork callbacks run as with any ``os.fork()``; an exception
+    raised by one in the child is reported again in the parent through
     ``sys.unraisablehook``, as a :class:`ChildCallbackError`.
 
     :param timeout: seconds the child may take, fork callbacks included.
     :raises ChildTimeoutError: the child was still running at the deadline;
         it was killed and its stack is in the error.
-    :raises ChildError: the child died without sending a result.
+    :raises ChildError: the child died without sending a result, or raised
+        ``SystemExit``.
 
     Until the fork returns, :data:`DUMP_SIGNAL` is routed to
     :mod:`faulthandler` in the parent as well. The ``DeprecationWarning``
@@ -370,7 +374,11 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         return payload[1]  # type: ignore[no-any-return]
     exc: BaseException = payload[1]
     if payload[2]:
-        raise exc from _RemoteTraceback(payload[2])
+        exc.__cause__ = _RemoteTraceback(payload[2])
+    if isinstance(exc, SystemExit):
+        raise ChildError(
+            f"the child (pid {pid}) raised SystemExit({exc.code!r}) instead of returning"
+        ) from exc
     raise exc
 
 

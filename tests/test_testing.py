@@ -80,6 +80,16 @@ def test_reraises_the_childs_exception_with_its_traceback() -> None:
     assert "in fail" in str(info.value.__cause__)
 
 
+@pytest.mark.parametrize(("code", "shown"), [(3, "3"), (None, "None"), ("bye", "'bye'")])
+def test_system_exit_in_the_child_is_a_child_error(code: Any, shown: str) -> None:
+    """sys.exit() in the child raises ChildError naming the exit code, the SystemExit as its
+    cause; it does not exit the caller."""
+    with pytest.raises(ChildError, match=rf"raised SystemExit\({re.escape(shown)}\)") as info:
+        run_in_child(sys.exit, code)
+    cause = info.value.__cause__
+    assert (SystemExit, code) == (type(cause), getattr(cause, "code", None))
+
+
 def test_unpicklable_result_is_a_child_error() -> None:
     """A result that cannot be sent raises ChildError naming the problem."""
     with pytest.raises(ChildError, match="could not send"):
