@@ -18,6 +18,7 @@ import sys
 import textwrap
 from typing import Any
 
+from atfork._timeout import MAX_TIMEOUT, seconds
 from atfork.testing import run_python
 
 __all__ = ["HELP", "add_arguments", "run"]
@@ -70,17 +71,10 @@ os._exit(0)
 _FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<name>\S+)', re.M)
 
 
-def _seconds(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--timeout",
-        type=_seconds,
+        type=seconds,
         default=3.0,
         metavar="SECONDS",
         help="how long the child without atfork gets before it counts as hung (3)",
@@ -91,7 +85,8 @@ def _scenario(with_atfork: bool, timeout: float) -> dict[str, Any]:
     """Run the scenario once; its result, or an ``error`` describing a run
     that went wrong."""
     source = _SCENARIO.format(with_atfork=with_atfork, enable=ENABLE, timeout=timeout)
-    done = run_python(source, timeout=timeout + 60)
+    # A minute more for the interpreter than for its child, within MAX_TIMEOUT.
+    done = run_python(source, timeout=min(timeout + 60, MAX_TIMEOUT))
     if done.timed_out:
         return {"error": f"the run did not finish; its stack:\n{done.stack}"}
     try:

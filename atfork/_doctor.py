@@ -28,6 +28,7 @@ from typing import Any
 import atfork
 from atfork import integrations
 from atfork._registry import _PHASES
+from atfork._timeout import check_timeout, seconds
 from atfork.testing import ChildTimeoutError, run_in_child
 
 __all__ = ["HELP", "add_arguments", "diagnose", "render", "run"]
@@ -68,10 +69,14 @@ def _trial(quiet: bool) -> dict[str, Any]:
 def diagnose(timeout: float = 10.0, *, quiet: bool = False) -> dict[str, Any]:
     """Describe this process's fork handling, and try two forks.
 
-    :param timeout: the deadline of each trial child, in seconds.
+    :param timeout: the deadline of each trial child, in seconds (at most
+        :data:`atfork.testing.MAX_TIMEOUT`).
     :param quiet: keep the trial children's output off stdout.
     :returns: a report as plain data (see :func:`render`).
+    :raises ValueError: ``timeout`` is not a valid deadline (before any fork:
+        a bad deadline is not a finding about the program).
     """
+    check_timeout(timeout)
     report: dict[str, Any] = {
         "python": sys.version.split()[0],
         "pid": os.getpid(),
@@ -167,7 +172,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=seconds,
         default=10.0,
         metavar="SECONDS",
         help="how long a trial child may take before it counts as hung (10)",
@@ -179,8 +184,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
-    if not args.timeout > 0:
-        parser.error(f"--timeout must be a positive number of seconds, not {args.timeout}")
     if args.module is not None:
         if importlib.util.find_spec(args.module) is None:
             parser.error(f"no module named {args.module!r}")

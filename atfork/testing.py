@@ -5,6 +5,15 @@ or its exception, back to the parent; :func:`run_python` runs source code in
 a fresh interpreter. Both wait with a deadline: a child still running at the
 deadline has its stack dumped (by :mod:`faulthandler`) and is killed.
 
+Every ``timeout`` is a number of seconds, positive and at most
+:data:`MAX_TIMEOUT` (one week, below the limit of every system call the
+helpers wait in); any other value (infinity and NaN included) raises
+``ValueError``, and a value that is not a number ``TypeError``, before
+anything starts. Whatever raises in the parent once a child exists (an
+error, ``KeyboardInterrupt``), the helper kills and reaps that child (for
+:func:`run_python`, the interpreter's process group) before the exception
+goes on.
+
 .. versionadded:: 0.1
 """
 
@@ -27,8 +36,10 @@ from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, TypeVar
 
 from atfork._report import REPORT_PREFIX, unraisable_args
+from atfork._timeout import MAX_TIMEOUT, check_timeout
 
 __all__ = [
+    "MAX_TIMEOUT",
     "ChildCallbackError",
     "ChildError",
     "ChildTimeoutError",
@@ -92,14 +103,6 @@ class _RemoteTraceback(Exception):
         return f"\n\nin the child:\n{self.args[0]}"
 
 
-def _check_timeout(timeout: float) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number, not {type(timeout).__name__}")
-    if not timeout > 0:
-        raise ValueError(f"timeout must be positive, not {timeout!r}")
-    return float(timeout)
-
-
 def _read_stack(fd: int, quiet: float = 0.3, limit: float = 3.0) -> str:
     """Read what a dumping child writes until it has been quiet a while."""
     chunks = []
@@ -151,12 +154,32 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
     The exit code is negative for a child killed by a signal, as
     :func:`os.waitstatus_to_exitcode` gives it.
 
+    :param pid: the process id :func:`os.fork` returned, a positive int (0
+        and below, which :func:`os.waitpid` takes for "any child" or a
+        process group, would reap a child that is not the one meant).
+    :raises TypeError: ``pid`` is not an int (a bool is not one here).
+    :raises ValueError: ``pid`` is 0 or below.
+    :raises ChildProcessError: ``pid`` is not a child of this process.
     :raises ChildTimeoutError: the child was still running at the deadline;
         it was killed.
 
+    Any other exception while it waits (``KeyboardInterrupt``, say) kills
+    and reaps the child too, unless ``pid`` is not a child of this process.
+
     .. versionadded:: 0.1
     """
-    status = _wait(pid, time.monotonic() + _check_timeout(timeout))
+    if isinstance(pid, bool) or not isinstance(pid, int):
+        raise TypeError(f"pid must be an int, not {type(pid).__name__}")
+    if pid <= 0:
+        raise ValueError(f"pid must be a positive process id, not {pid}")
+    deadline = time.monotonic() + check_timeout(timeout)
+    try:
+        status = _wait(pid, deadline)
+    except ChildProcessError:  # not our child: not ours to kill either
+        raise
+    except BaseException:
+        _kill(pid, None)
+        raise
     if status is None:
         _kill(pid, None)
         raise ChildTimeoutError(
@@ -272,15 +295,19 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
     """Call ``func(*args)`` in a forked child and return its result.
 
     The result travels back pickled; an exception raised in the child is
-    raised again in the parent, with the child's traceback as its cause.
-    The atfork callbacks run as with any ``os.fork()``; an exception raised
-    by one in the child is reported again in the parent through
+    raised again in the parent, with the child's traceback as its cause,
+    except ``SystemExit`` (``sys.exit()`` in the child): raised again, it
+    would end the calling program, so it becomes a :class:`ChildError`
+    naming the exit code, with the ``SystemExit`` (and its ``code``) as its
+    cause. The atfork callbacks run as with any ``os.fork()``; an exception
+    raised by one in the child is reported again in the parent through
     ``sys.unraisablehook``, as a :class:`ChildCallbackError`.
 
     :param timeout: seconds the child may take, fork callbacks included.
     :raises ChildTimeoutError: the child was still running at the deadline;
         it was killed and its stack is in the error.
-    :raises ChildError: the child died without sending a result.
+    :raises ChildError: the child died without sending a result, or raised
+        ``SystemExit``.
 
     Until the fork returns, :data:`DUMP_SIGNAL` is routed to
     :mod:`faulthandler` in the parent as well. The ``DeprecationWarning``
@@ -292,10 +319,11 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
 
     .. versionadded:: 0.1
     """
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
     result_r, result_w = os.pipe()
     stack_r, stack_w = os.pipe()
     pid = -1
+    unreaped = 0  # the child's pid from the fork until it is reaped
     reports, previous_hook = _catch_child_reports()
     try:
         # Registered in the parent so that the child inherits it from its
@@ -304,10 +332,14 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         try:
             pid = _fork()
             if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
-                sys.unraisablehook = previous_hook
-                os.close(result_r)
-                os.close(stack_r)
-                _child_main(result_w, func, args, reports)
+                try:
+                    sys.unraisablehook = previous_hook
+                    os.close(result_r)
+                    os.close(stack_r)
+                    _child_main(result_w, func, args, reports)
+                finally:
+                    os._exit(1)  # the child never returns into the caller's code
+            unreaped = pid
         finally:
             if pid:
                 faulthandler.unregister(DUMP_SIGNAL)
@@ -320,12 +352,16 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         status = _wait(pid, deadline)
         if status is None:
             stack = _kill(pid, stack_r)
+            unreaped = 0
             raise ChildTimeoutError(
                 f"the child (pid {pid}) was still running after {timeout:g} s and was "
                 f"killed; its stack:",
                 stack,
             )
+        unreaped = 0
     finally:
+        if unreaped:  # something raised in the parent while the child ran
+            _kill(unreaped, None)
         for fd in (result_r, result_w, stack_r, stack_w):
             if fd >= 0:
                 os.close(fd)
@@ -338,7 +374,11 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         return payload[1]  # type: ignore[no-any-return]
     exc: BaseException = payload[1]
     if payload[2]:
-        raise exc from _RemoteTraceback(payload[2])
+        exc.__cause__ = _RemoteTraceback(payload[2])
+    if isinstance(exc, SystemExit):
+        raise ChildError(
+            f"the child (pid {pid}) raised SystemExit({exc.code!r}) instead of returning"
+        ) from exc
     raise exc
 
 
@@ -362,7 +402,29 @@ class PythonRun(NamedTuple):
 
 
 _STACK_DUMP = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-f]+", re.MULTILINE)
-_PROLOGUE = "import faulthandler, signal; faulthandler.register(signal.{}, all_threads=True); "
+
+# The file name of run_python's source in its tracebacks and stacks.
+_SOURCE_NAME = "<run_python>"
+
+# The program given to ``python -c``; the source follows it as sys.argv[1].
+# The source is compiled apart, so that nothing is put before its first line
+# (a __future__ import or a docstring must come first, and the line numbers
+# stay its own), and runs in __main__'s namespace, where the loader leaves
+# none of its names. Any Python 3 runs it (``executable`` may be another one).
+_LOADER = """\
+def _atfork_run_python():
+    import faulthandler, signal, sys
+    del globals()["_atfork_run_python"]
+    faulthandler.register(signal.{signal}, all_threads=True)
+    source = sys.argv.pop(1)
+    # 3.13+ show -c's source in tracebacks (linecache is loaded at start-up):
+    # they show this source too. Older versions do not import it for this.
+    linecache = sys.modules.get("linecache")
+    if linecache is not None:
+        linecache.cache[{name!r}] = (len(source), None, source.splitlines(True), {name!r})
+    return compile(source, {name!r}, "exec", dont_inherit=True)
+exec(_atfork_run_python())
+"""
 
 
 def run_python(
@@ -370,29 +432,48 @@ def run_python(
     *,
     timeout: float = 30.0,
     env: Mapping[str, str] | None = None,
-    executable: str | None = None,
+    executable: str | os.PathLike[str] | None = None,
 ) -> PythonRun:
     """Run ``source`` in a fresh interpreter with a deadline.
 
-    The first line of ``source`` gets a prologue (on the same line, so line
-    numbers are kept) that lets the interpreter dump its stack: at the
-    deadline it is dumped, and the interpreter killed, with every process it
-    started (it runs in a process group of its own). Children still holding
-    its output at the deadline after it exited are killed too.
+    ``source`` runs as with ``python -c``: as ``__main__``, with
+    ``sys.argv == ["-c"]``; it may begin with any statement, a docstring or
+    a ``__future__`` import. Its tracebacks and stacks name it
+    ``"<run_python>"``, with its own line numbers, below one frame of the
+    ``-c`` loader that runs it. That loader lets the interpreter dump its
+    stack: at the deadline it is dumped, and the interpreter killed, with
+    every process it started (it runs in a process group of its own).
+    Children still holding its output at the deadline after it exited are
+    killed too.
 
-    :param env: variables added to (a copy of) this process's environment.
-        ``PYTHONUNBUFFERED`` is removed unless ``env`` sets it: it makes
-        stdout unbuffered and so hides the stream failures after fork.
+    :param source: Python source code, a str.
+    :param env: variables added to (a copy of) this process's environment,
+        a mapping of str to str. ``PYTHONUNBUFFERED`` is removed unless
+        ``env`` sets it: it makes stdout unbuffered and so hides the stream
+        failures after fork.
     :param executable: the interpreter; :data:`sys.executable` by default.
     :returns: a :class:`PythonRun`; a run that timed out does not raise.
+    :raises TypeError: an argument has the wrong type (before anything
+        starts).
 
     .. versionadded:: 0.1
     """
-    timeout = _check_timeout(timeout)
+    timeout = check_timeout(timeout)
+    if not isinstance(source, str):
+        raise TypeError(f"source must be a str, not {type(source).__name__}")
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise TypeError(f"env must be a mapping, not {type(env).__name__}")
+        for key, value in env.items():
+            if not (isinstance(key, str) and isinstance(value, str)):
+                raise TypeError(f"env must map str to str, not {key!r}: {value!r}")
+    if executable is not None and not isinstance(executable, (str, os.PathLike)):
+        raise TypeError(f"executable must be a path, not {type(executable).__name__}")
     environ = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     environ.update(env or {})
+    loader = _LOADER.format(signal=DUMP_SIGNAL.name, name=_SOURCE_NAME)
     process = subprocess.Popen(
-        [executable or sys.executable, "-c", _PROLOGUE.format(DUMP_SIGNAL.name) + source],
+        [executable or sys.executable, "-c", loader, source],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=environ,
@@ -400,6 +481,21 @@ def run_python(
         # output pipes open, are killed with it.
         start_new_session=True,
     )
+    try:
+        return _communicate(process, timeout)
+    except BaseException:  # an error or Ctrl-C in the parent: nothing may outlive it
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+        raise
+
+
+def _communicate(process: subprocess.Popen[bytes], timeout: float) -> PythonRun:
+    """What ``process`` wrote and its exit code; at the deadline, its stack,
+    and its process group killed."""
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import select
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -14,7 +17,9 @@ from typing import Any
 import pytest
 
 import atfork
+import atfork.testing
 from atfork.testing import (
+    MAX_TIMEOUT,
     ChildCallbackError,
     ChildError,
     ChildTimeoutError,
@@ -26,6 +31,29 @@ from atfork.testing import (
 
 def hang_forever() -> None:
     threading.Event().wait()
+
+
+def forbidden(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for os.fork or subprocess.Popen where nothing may start."""
+    raise AssertionError("started a process before checking its arguments")
+
+
+def reaped(pid: int) -> bool:
+    """Whether child ``pid`` was reaped already; a child that was not is
+    killed and reaped now, so that a failing test leaves nothing behind."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    if not done:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return False
+
+
+def interrupt(*args: Any, **kwargs: Any) -> Any:
+    """Stands in for the parent's wait: Ctrl-C arrives during it."""
+    raise KeyboardInterrupt
 
 
 # -- run_in_child ---------------------------------------------------------------
@@ -50,6 +78,16 @@ def test_reraises_the_childs_exception_with_its_traceback() -> None:
     with pytest.raises(KeyError, match="missing") as info:
         run_in_child(fail)
     assert "in fail" in str(info.value.__cause__)
+
+
+@pytest.mark.parametrize(("code", "shown"), [(3, "3"), (None, "None"), ("bye", "'bye'")])
+def test_system_exit_in_the_child_is_a_child_error(code: Any, shown: str) -> None:
+    """sys.exit() in the child raises ChildError naming the exit code, the SystemExit as its
+    cause; it does not exit the caller."""
+    with pytest.raises(ChildError, match=rf"raised SystemExit\({re.escape(shown)}\)") as info:
+        run_in_child(sys.exit, code)
+    cause = info.value.__cause__
+    assert (SystemExit, code) == (type(cause), getattr(cause, "code", None))
 
 
 def test_unpicklable_result_is_a_child_error() -> None:
@@ -85,17 +123,59 @@ def test_child_hung_in_a_fork_callback_still_dumps_its_stack() -> None:
     assert "in stuck_in_child_callback" in info.value.stack
 
 
-@pytest.mark.parametrize("timeout", [0, -1.0])
-def test_timeout_must_be_positive(timeout: float) -> None:
-    """A deadline that is not positive is refused before forking."""
-    with pytest.raises(ValueError, match="timeout must be positive"):
+BAD_TIMEOUTS = [0, -1.0, float("nan"), float("inf"), 1e12, MAX_TIMEOUT + 1]
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_timeout_must_be_positive_and_at_most_a_week(
+    timeout: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deadline that is not positive, is NaN or exceeds MAX_TIMEOUT is refused before forking."""
+    monkeypatch.setattr(os, "fork", forbidden)
+    message = r"timeout must be a positive number of seconds, at most 604800 \(a week\), not "
+    with pytest.raises(ValueError, match=message):
         run_in_child(lambda: None, timeout=timeout)
 
 
-def test_timeout_must_be_a_number() -> None:
-    """A deadline that is not a number is a TypeError."""
-    with pytest.raises(TypeError, match="timeout must be a number"):
-        run_in_child(lambda: None, timeout="1")  # type: ignore[arg-type]
+@pytest.mark.parametrize("timeout", ["1", None, True])
+def test_timeout_must_be_a_number(timeout: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadline that is not a number (a bool is none) is a TypeError, before forking."""
+    monkeypatch.setattr(os, "fork", forbidden)
+    with pytest.raises(TypeError, match="timeout must be a number of seconds, not "):
+        run_in_child(lambda: None, timeout=timeout)
+
+
+def test_the_longest_timeout_works() -> None:
+    """MAX_TIMEOUT is within what the system calls of every helper accept."""
+    assert 1 == run_in_child(lambda: 1, timeout=MAX_TIMEOUT)
+    assert "1\n" == run_python("print(1)", timeout=MAX_TIMEOUT).stdout
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        os._exit(0)
+    assert 0 == wait_child(pid, timeout=MAX_TIMEOUT)
+
+
+def test_an_interrupted_run_in_child_kills_its_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception in the parent after the fork (Ctrl-C while it waits) kills and reaps it."""
+    pid_r, pid_w = os.pipe()
+
+    def tell_pid_and_hang() -> None:
+        os.write(pid_w, str(os.getpid()).encode())
+        hang_forever()
+
+    def interrupt_once_started(fd: int, deadline: float) -> bytes:
+        assert select.select([pid_r], [], [], 30)[0]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(atfork.testing, "_read_result", interrupt_once_started)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_in_child(tell_pid_and_hang, timeout=30)
+        pid = int(os.read(pid_r, 100))
+    finally:
+        os.close(pid_r)
+        os.close(pid_w)
+    assert reaped(pid)
 
 
 def test_child_callback_errors_are_reported_in_the_parent(unraisable: list[Any]) -> None:
@@ -184,6 +264,46 @@ def test_wait_child_kills_at_the_deadline() -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
+def test_an_interrupted_wait_child_kills_the_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while wait_child waits (Ctrl-C) kills and reaps the child."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        hang_forever()
+    monkeypatch.setattr(atfork.testing, "_wait", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        wait_child(pid, timeout=30)
+    assert reaped(pid)
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_wait_child_refuses_a_bad_timeout_and_leaves_the_child(timeout: float) -> None:
+    """A bad deadline is a ValueError; the child is neither waited for nor killed."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        os._exit(6)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        wait_child(pid, timeout=timeout)
+    assert 6 == wait_child(pid)
+
+
+@pytest.mark.parametrize("pid", [-1, 0, -os.getpgrp()], ids=["-1", "0", "-pgid"])
+def test_wait_child_refuses_a_pid_that_names_no_single_child(pid: int) -> None:
+    """A pid of 0 or below (any child, a process group) is a ValueError; no child is reaped."""
+    child = os.fork()
+    if child == 0:  # pragma: no cover  (coverage is shut down by os._exit)
+        os._exit(5)
+    with pytest.raises(ValueError, match=f"pid must be a positive process id, not {pid}"):
+        wait_child(pid, timeout=5)
+    assert 5 == wait_child(child)
+
+
+@pytest.mark.parametrize("pid", [True, 1.0, "1", None])
+def test_wait_child_pid_must_be_an_int(pid: Any) -> None:
+    """A pid that is not an int (a bool is none) is a TypeError."""
+    with pytest.raises(TypeError, match="pid must be an int, not "):
+        wait_child(pid)
+
+
 # -- run_python -------------------------------------------------------------------
 
 
@@ -192,7 +312,7 @@ def test_run_python_gives_output_and_exit_code() -> None:
     result = run_python("import sys\nprint('out')\nraise SystemExit(3)")
     assert (3, "out\n", False) == (result.returncode, result.stdout, result.timed_out)
     traceback_run = run_python("x = 1\nraise ValueError('line two')")
-    assert 'File "<string>", line 2' in traceback_run.stderr
+    assert 'File "<run_python>", line 2' in traceback_run.stderr
 
 
 def test_run_python_kills_at_the_deadline_with_the_stack() -> None:
@@ -203,7 +323,88 @@ def test_run_python_kills_at_the_deadline_with_the_stack() -> None:
     assert result.timed_out
     assert result.returncode is None
     assert "started\n" == result.stdout
-    assert 'File "<string>", line 3' in result.stack
+    assert 'File "<run_python>", line 3' in result.stack
+
+
+@pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
+def test_run_python_refuses_a_bad_timeout(timeout: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bad deadline is a ValueError before the interpreter starts."""
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
+        run_python("pass", timeout=timeout)
+
+
+def test_an_interrupted_run_python_kills_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception while run_python waits (Ctrl-C) kills the interpreter and reaps it."""
+    started: list[int] = []
+
+    def interrupted(process: subprocess.Popen[bytes], timeout: float | None = None) -> Any:
+        started.append(process.pid)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(subprocess.Popen, "communicate", interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_python("import threading\nthreading.Event().wait()", timeout=30)
+        assert reaped(started[0])
+    finally:
+        with contextlib.suppress(ProcessLookupError, IndexError):
+            os.killpg(started[0], signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "def f():\n    return 'ok'\nprint(f())",
+        "class C:\n    x = 'ok'\nprint(C.x)",
+        "if True:\n    print('ok')",
+        "with open(__import__('os').devnull):\n    print('ok')",
+        "@staticmethod\ndef f():\n    return 'ok'\nprint(f.__func__())",
+        "from __future__ import annotations\ndef f(x: Undefined) -> None: pass\nprint('ok')",
+        "'ok'\nprint(__doc__)",
+    ],
+    ids=["def", "class", "if", "with", "decorator", "future", "docstring"],
+)
+def test_run_python_runs_any_source(source: str) -> None:
+    """A source may begin with any statement: a compound one, a __future__ import or a docstring."""
+    result = run_python(source)
+    assert (0, "ok\n", "") == (result.returncode, result.stdout, result.stderr)
+
+
+def test_run_python_runs_the_source_as_main() -> None:
+    """The source runs as __main__, with sys.argv ["-c"] and none of the helper's names."""
+    source = "import sys\nprint(__name__, sys.argv, [n for n in globals() if n[:2] != '__'])"
+    assert "__main__ ['-c'] ['sys']\n" == run_python(source).stdout
+
+
+def test_run_python_tracebacks_give_the_sources_line_numbers() -> None:
+    """A traceback names each line of the source by its own number, after a docstring too."""
+    source = '"""A docstring."""\ndef fail():\n    raise ValueError("three")\nfail()\n'
+    stderr = run_python(source).stderr
+    assert 'File "<run_python>", line 4, in <module>' in stderr
+    assert 'File "<run_python>", line 3, in fail' in stderr
+    if sys.version_info >= (3, 13):  # where linecache is loaded at start-up anyway
+        assert '    raise ValueError("three")\n' in stderr
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        ({"source": 123}, "source must be a str, not int"),
+        ({"source": b"pass"}, "source must be a str, not bytes"),
+        ({"source": "pass", "env": {"A": 1}}, "env must map str to str, not 'A': 1"),
+        ({"source": "pass", "env": {1: "a"}}, "env must map str to str, not 1: 'a'"),
+        ({"source": "pass", "env": [("A", "1")]}, "env must be a mapping, not list"),
+        ({"source": "pass", "executable": 1}, "executable must be a path, not int"),
+    ],
+)
+def test_run_python_checks_its_arguments_first(
+    arguments: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Arguments of the wrong type are a TypeError before the interpreter starts."""
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+    with pytest.raises(TypeError, match=re.escape(message)):
+        run_python(**arguments)
 
 
 def test_run_python_removes_pythonunbuffered(monkeypatch: pytest.MonkeyPatch) -> None:
