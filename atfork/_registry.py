@@ -27,7 +27,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from atfork._refs import Callback, weak_call
+from atfork._refs import Callback, check_callback, weak_call
 
 __all__ = ["Hook", "Snapshot", "atfork", "hooks", "registry"]
 
@@ -304,8 +304,11 @@ def atfork(
     :param name: how error reports and listings name this hook; by default
         the qualified name of the first callback.
     :returns: a :class:`Hook` to unregister with.
-    :raises TypeError: if no callback is given, one is not callable, or
-        ``weak=True`` and one cannot be weakly referenced.
+    :raises TypeError: if no callback is given, or one is not callable, or
+        can never run when called with no arguments (it needs arguments, or
+        it is an async or a generator function, whose call only makes a
+        coroutine or a generator), or ``weak=True`` and one cannot be weakly
+        referenced.
 
     Callbacks take no arguments. An exception raised by a callback at fork
     time, :class:`BaseException` included, cannot reach any caller: it is
@@ -319,8 +322,10 @@ def atfork(
     if prepare is None and parent is None and child is None:
         raise TypeError("atfork() needs at least one of prepare, parent and child")
     for phase, func in zip(_PHASES, funcs):
-        if func is not None and not callable(func):
-            raise TypeError(f"{phase} must be callable, not {type(func).__name__}")
+        if func is not None:
+            if not callable(func):
+                raise TypeError(f"{phase} must be callable, not {type(func).__name__}")
+            check_callback(func, phase)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError(f"priority must be an int, not {type(priority).__name__}")
     if name is not None and not isinstance(name, str):

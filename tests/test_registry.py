@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import os
 import sys
 import threading
 import weakref
+from collections.abc import AsyncIterator, Iterator
 from typing import Callable
 
 import pytest
@@ -87,6 +90,100 @@ def test_weak_needs_weakly_referenceable_callbacks() -> None:
     """weak=True with a callable that has no weak references raises TypeError."""
     with pytest.raises(TypeError, match="weak references"):
         atfork.atfork(child=NoWeakRefs(), weak=True)
+
+
+def needs_an_argument(conn: object) -> None:
+    pass
+
+
+def takes_two(a: object, b: object) -> None:
+    pass
+
+
+async def async_callback() -> None:
+    pass
+
+
+def generator_callback() -> Iterator[None]:
+    yield
+
+
+async def async_generator_callback() -> AsyncIterator[None]:
+    yield
+
+
+class NeedsArgument:
+    def __init__(self, conn: object) -> None:
+        pass
+
+    def method(self, conn: object) -> None:
+        pass
+
+
+class AsyncCall:
+    async def __call__(self) -> None:
+        pass
+
+
+NEVER_WORK = {
+    "a function needing an argument": (needs_an_argument, "missing a required argument: 'conn'"),
+    "a partial still needing one": (functools.partial(takes_two, 1), "missing.*'b'"),
+    "a bound method needing one": (NeedsArgument(None).method, "'conn'"),
+    "a class needing one": (NeedsArgument, "'conn'"),
+    "a builtin needing one": (len, "missing"),
+    "a lambda with a keyword-only argument": (lambda *, key: None, "'key'"),
+    "an async function": (async_callback, "async function"),
+    "an async partial": (functools.partial(async_callback), "async function"),
+    "an async __call__": (AsyncCall(), "async function"),
+    "a generator function": (generator_callback, "generator function"),
+    "an async generator function": (async_generator_callback, "async generator function"),
+}
+
+
+@pytest.mark.parametrize(("func", "why"), NEVER_WORK.values(), ids=NEVER_WORK)
+@pytest.mark.parametrize("phase", ["prepare", "child"])
+def test_a_callback_that_can_never_run_is_a_type_error(
+    phase: str, func: Callable[[], object], why: str
+) -> None:
+    """A callback that fails or does nothing whenever it is called with no
+    arguments raises TypeError at registration, naming the phase and why."""
+    with pytest.raises(TypeError, match=f"^{phase} .*{why}"):
+        atfork.atfork(**{phase: func})  # type: ignore[arg-type]
+
+
+def with_defaults(a: int = 1, *args: object, key: int = 2, **kwargs: object) -> None:
+    pass
+
+
+class Callbacks:
+    def __init__(self, conn: object = None) -> None:
+        pass
+
+    def method(self) -> None:
+        pass
+
+    def __call__(self, extra: int = 0) -> None:
+        pass
+
+
+ACCEPTED = {
+    "defaults, *args and **kwargs": with_defaults,
+    "a partial giving the arguments": functools.partial(takes_two, 1, 2),
+    "a partial giving them by keyword": functools.partial(takes_two, a=1, b=2),
+    "a bound method": Callbacks().method,
+    "a class": Callbacks,
+    "an instance with __call__": Callbacks(),
+    "a builtin without a signature": dict,
+    "a builtin method": threading.Lock().locked,
+    "a builtin function": os.getpid,
+}
+
+
+@pytest.mark.parametrize("func", ACCEPTED.values(), ids=ACCEPTED)
+def test_a_callback_callable_with_no_arguments_is_accepted(func: Callable[[], object]) -> None:
+    """Whatever can be called with no arguments registers, whatever its kind."""
+    with atfork.atfork(child=func) as hook:
+        assert hook.active
 
 
 def test_failed_registration_registers_nothing() -> None:
