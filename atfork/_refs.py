@@ -17,14 +17,18 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 import types
 import weakref
+from types import FrameType
 from typing import Any, Callable
 
 __all__ = [
     "Callback",
     "check_callback",
     "ref_or_strong",
+    "refcounts",
+    "unreferenced",
     "weak_call",
 ]
 
@@ -141,10 +145,8 @@ def weak_call(
     try:
         if isinstance(func, types.MethodType):
             ref = weakref.WeakMethod(func, on_death)
-        elif isinstance(func, types.BuiltinMethodType) and not isinstance(
-            func.__self__, (types.ModuleType, type(None))
-        ):
-            ref = _WeakBuiltinMethod(func, on_death)
+        elif _bound_builtin(func):
+            ref = _WeakBuiltinMethod(func, on_death)  # type: ignore[arg-type]
         else:
             ref = weakref.ref(func, on_death)
     except TypeError:
@@ -159,6 +161,21 @@ def weak_call(
             live()
 
     return call, ref
+
+
+def _bound_builtin(func: object) -> bool:
+    """Whether ``func`` is a method of a built-in type bound to an object
+    (``lock.release``), held weakly through that object."""
+    return isinstance(func, types.BuiltinMethodType) and not isinstance(
+        func.__self__, (types.ModuleType, type(None))
+    )
+
+
+def _owner(func: object) -> object:
+    """The object a weakly held ``func`` is bound to, or None."""
+    if isinstance(func, types.MethodType) or _bound_builtin(func):
+        return func.__self__  # type: ignore[attr-defined]
+    return None
 
 
 class _WeakBuiltinMethod:
@@ -193,3 +210,74 @@ class _Strong:
 
     def __call__(self) -> object:
         return self._obj
+
+
+# -- Weak callbacks nothing else refers to -------------------------------------
+#
+# A weak hook on a callable that only the call to atfork() refers to (a
+# lambda or a partial written in the call, the method of an object made
+# there) ends as the call returns. It is found by reference counts, taken by
+# refcounts() first thing in atfork(), before it holds the callbacks anywhere
+# else, and compared with the counts of the same call made with such a
+# callable when this module is imported (_calibrate): what the interpreter
+# holds during a call differs between versions (3.11 moves the arguments into
+# the callee's frame; 3.14 passes a local variable as a borrowed reference,
+# not counted), the comparison does not. Where a local variable's reference
+# is borrowed, a count that matches is checked against the caller's locals.
+# Nothing is found on the free-threaded build for a function made at module
+# or class level, whose count is deferred (only the garbage collector frees
+# it), nor for a callable that a call in between holds (a helper's
+# argument): a count that is too high only leaves a warning out. One case
+# counts too low: up to 3.12, a trace function that reads ``f_locals`` while
+# _calibrate runs (a debugger stepping through this import) copies its
+# locals, and a later callback kept in a local variable may be warned about.
+
+
+def refcounts(*funcs: object) -> tuple[tuple[int, int], ...]:
+    """The reference counts of each of ``funcs`` and of the object it is
+    bound to (0 for none), as :func:`unreferenced` reads them."""
+    return tuple(
+        (sys.getrefcount(func), 0 if _owner(func) is None else sys.getrefcount(_owner(func)))
+        for func in funcs
+    )
+
+
+def _probe(prepare: object = None, parent: object = None, child: object = None) -> tuple[int, int]:
+    """The counts :func:`atfork.atfork` would take of its ``child``: the
+    same call, made the same way (the first thing atfork() does)."""
+    return refcounts(prepare, parent, child)[2]
+
+
+class _Probe:
+    def method(self) -> None:
+        pass
+
+
+def _calibrate() -> tuple[int, int, bool]:
+    """The counts of a callable that nothing else refers to, and of the
+    object of such a method; and whether a count cannot tell a local
+    variable's reference."""
+    alone = _probe(child=lambda: None)[0]
+    owner_alone = _probe(child=_Probe().method)[1]
+    kept = lambda: None  # noqa: E731  (a local variable is what is measured)
+    return alone, owner_alone, _probe(child=kept)[0] <= alone
+
+
+_ALONE, _OWNER_ALONE, _BORROWED = _calibrate()
+
+
+def unreferenced(
+    funcs: tuple[object, ...], counts: tuple[tuple[int, int], ...], caller: FrameType
+) -> object:
+    """The first of ``funcs`` (given by the function whose caller is
+    ``caller``, and counted by :func:`refcounts` there) that nothing else
+    refers to, so that a weak reference to it dies at once; or None."""
+    for func, (count, owner_count) in zip(funcs, counts):
+        if func is None or count > _ALONE:
+            continue
+        if owner_count > _OWNER_ALONE:  # a method whose object lives on
+            continue
+        if _BORROWED and any(value is func for value in caller.f_locals.values()):
+            continue
+        return func
+    return None

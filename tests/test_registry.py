@@ -7,15 +7,17 @@ import gc
 import os
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from typing import Callable
 
 import pytest
+from free_threading import FREE_THREADED
 
 import atfork
 from atfork._registry import registry
-from atfork.testing import run_in_child
+from atfork.testing import run_in_child, run_python
 
 
 def noop() -> None:
@@ -414,6 +416,71 @@ def test_weak_builtin_method_follows_its_object() -> None:
     del locks[0]
     gc.collect()
     assert not hook.active
+
+
+# Each registers inline a callable that nothing else refers to.
+WEAK_ALONE: dict[str, Callable[[], atfork.Hook]] = {
+    "a lambda": lambda: atfork.atfork(child=lambda: None, weak=True),
+    "a partial": lambda: atfork.atfork(child=functools.partial(noop), weak=True),
+    "a new object's method": lambda: atfork.atfork(child=Owner([]).child, weak=True),
+    "a new lock's method": lambda: atfork.atfork(prepare=threading.Lock().locked, weak=True),
+    "a new callable object": lambda: atfork.atfork(parent=Callbacks(), weak=True),
+}
+
+
+@pytest.mark.parametrize("register", WEAK_ALONE.values(), ids=WEAK_ALONE)
+def test_weak_hook_on_a_callable_nothing_else_refers_to_warns(
+    register: Callable[[], atfork.Hook],
+) -> None:
+    """weak=True with a callable that dies as the call returns warns, pointing at the call."""
+    with pytest.warns(atfork.AtforkWarning, match="nothing else refers to") as record:
+        hook = register()
+    assert [__file__] == [warning.filename for warning in record]
+    assert not hook.active
+
+
+def test_weak_hook_on_a_callable_kept_elsewhere_does_not_warn() -> None:
+    """weak=True with a callable that outlives the call (in a local, a global,
+    a list, a helper's argument, or the method of an object kept) warns nothing."""
+    kept = lambda: None  # noqa: E731  (a local is the case under test)
+    owner = Owner([])
+    method = Owner([]).child  # the method object keeps its owner alive
+    listed = [functools.partial(noop)]
+
+    def via_a_helper(func: Callable[[], None]) -> atfork.Hook:
+        return atfork.atfork(child=func, weak=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hooks = [
+            atfork.atfork(child=kept, weak=True),
+            atfork.atfork(prepare=kept, child=kept, weak=True),
+            atfork.atfork(child=noop, weak=True),
+            atfork.atfork(child=owner.child, weak=True),
+            atfork.atfork(child=method, weak=True),
+            atfork.atfork(child=listed[0], weak=True),
+            via_a_helper(kept),
+        ]
+    assert all(hook.active for hook in hooks)
+
+
+MODULE_LEVEL = """import warnings, atfork
+warnings.simplefilter("error")
+kept = lambda: None
+atfork.atfork(child=kept, weak=True)
+try:
+    atfork.atfork(child=lambda: None, weak=True)
+except atfork.AtforkWarning:
+    print("warned")
+"""
+
+
+def test_weak_hook_registered_at_module_level() -> None:
+    """At module level an inline lambda warns and a global one does not; on the
+    free-threaded build neither does, a module-level function being freed by
+    the garbage collector only (its reference count tells nothing)."""
+    run = run_python(MODULE_LEVEL)
+    assert (0, "" if FREE_THREADED else "warned\n") == (run.returncode, run.stdout)
 
 
 def test_strong_is_the_default() -> None:
