@@ -105,3 +105,24 @@ def test_without_strict_the_test_passes(
     monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.dirname(atfork.__file__)))
     result = pytester.runpytest_subprocess(*plugin_args, "-p", "no:unraisableexception")
     result.assert_outcomes(passed=1)
+
+
+BAD_INI = {
+    "atfork_timeout = abc": "atfork_timeout must be a number of seconds, not 'abc'",
+    "atfork_timeout = 0": "atfork_timeout must be positive and finite, not '0'",
+    "atfork_timeout = -1": "atfork_timeout must be positive and finite, not '-1'",
+    "atfork_timeout = inf": "atfork_timeout must be positive and finite, not 'inf'",
+    "atfork_strict = maybe": "atfork_strict must be true or false (*maybe*)",
+}
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_INI.items(), ids=BAD_INI)
+def test_a_bad_ini_value_is_a_usage_error_at_start_up(
+    pytester: pytest.Pytester, plugin_args: list[str], line: str, message: str
+) -> None:
+    """A bad atfork ini value stops the run before any test, with a usage error naming it."""
+    pytester.makeini(f"[pytest]\n{line}\n")
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest(*plugin_args)
+    assert pytest.ExitCode.USAGE_ERROR == result.ret
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
