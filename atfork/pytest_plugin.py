@@ -6,6 +6,7 @@
 * ``--atfork-strict`` (or the ini option ``atfork_strict = true``) fails a
   test when an atfork callback raised during it: in this process, or in a
   child of ``atfork_child``, whose callback errors come back to the parent.
+  The failure shows each report as the default unraisable hook prints it.
 
 The ini values are read once, at start-up: a bad one stops the run there
 with a usage error.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import sys
+import traceback
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -75,6 +77,16 @@ def _timeout(value: object) -> float:
     return timeout
 
 
+def _format_report(args: Any) -> str:
+    """An atfork report as the default unraisable hook prints it: the message
+    (up to 3.13 followed by the hook; from 3.14 on it names the hook), then
+    the traceback. A child's report is a ChildCallbackError whose message
+    holds the child's traceback."""
+    head = f"{args.err_msg}:" if args.object is None else f"{args.err_msg}: {args.object!r}"
+    text = "".join(traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback))
+    return f"{head}\n{text.rstrip()}"
+
+
 @pytest.fixture
 def atfork_child(pytestconfig: pytest.Config) -> Callable[..., Any]:
     """Run ``func(*args)`` in a forked child and return its result::
@@ -105,9 +117,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Result[None], None
 
     def keep(args: Any) -> None:
         if str(args.err_msg).startswith(_REPORT_PREFIX):
-            # The hook is the object up to 3.13, part of err_msg from 3.14 on.
-            about = "" if args.object is None else f": {args.object!r}"
-            failures.append(f"{args.err_msg}{about}: {args.exc_value!r}")
+            failures.append(_format_report(args))
         else:
             previous(args)
 

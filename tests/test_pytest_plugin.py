@@ -85,8 +85,12 @@ def test_strict_fails_a_test_whose_callbacks_raised(
     result = pytester.runpytest(*plugin_args, "--atfork-strict")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*atfork callbacks raised during the test*", f"*atfork {phase} callback*failing*"]
+        [
+            "*atfork callbacks raised during the test*",
+            f"Exception ignored in atfork {phase} callback*",
+        ]
     )
+    assert "<atfork.Hook 'failing' priority=0 active>" in result.stdout.str()
 
 
 def test_strict_from_the_ini_file(pytester: pytest.Pytester, plugin_args: list[str]) -> None:
@@ -126,3 +130,24 @@ def test_a_bad_ini_value_is_a_usage_error_at_start_up(
     result = pytester.runpytest(*plugin_args)
     assert pytest.ExitCode.USAGE_ERROR == result.ret
     result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+@pytest.mark.parametrize("phase", ["prepare", "parent", "child"])
+def test_strict_report_prints_the_traceback_as_lines(
+    pytester: pytest.Pytester, plugin_args: list[str], phase: str
+) -> None:
+    """The strict failure shows each report's message, then its traceback, line
+    by line, as the default unraisable hook does; a child's too."""
+    pytester.makepyfile(FAILING_CALLBACKS.format(phase=phase))
+    result = pytester.runpytest(*plugin_args, "--atfork-strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"Exception ignored in atfork {phase} callback*",
+            "Traceback (most recent call last):",
+            '*File "*test_strict_report_prints_the_traceback_as_lines.py", line *, in boom',
+            '*raise RuntimeError("callback failed")',
+            "RuntimeError: callback failed",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*\\n*")
