@@ -25,9 +25,11 @@ CPython mutex handed to a thread that the fork left behind).
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Callable
 
-from atfork._refs import Callback, weak_call
+from atfork._errors import AtforkWarning
+from atfork._refs import Callback, check_callback, refcounts, unreferenced, weak_call
 
 __all__ = ["Hook", "Snapshot", "atfork", "hooks", "registry"]
 
@@ -304,8 +306,11 @@ def atfork(
     :param name: how error reports and listings name this hook; by default
         the qualified name of the first callback.
     :returns: a :class:`Hook` to unregister with.
-    :raises TypeError: if no callback is given, one is not callable, or
-        ``weak=True`` and one cannot be weakly referenced.
+    :raises TypeError: if no callback is given, or one is not callable, or
+        can never run when called with no arguments (it needs arguments, or
+        it is an async or a generator function, whose call only makes a
+        coroutine or a generator), or ``weak=True`` and one cannot be weakly
+        referenced.
 
     Callbacks take no arguments. An exception raised by a callback at fork
     time, :class:`BaseException` included, cannot reach any caller: it is
@@ -313,14 +318,25 @@ def atfork(
     phase, and the other callbacks still run. A hook whose ``prepare`` raised
     gets neither its ``parent`` nor its ``child`` call for that fork.
 
+    With ``weak=True``, a callback that nothing but this call refers to (a
+    lambda or a :func:`functools.partial` written in the call, the method of
+    an object made there) dies as the call returns, and the hook with it:
+    :class:`AtforkWarning` says so. The check reads reference counts, and
+    stays silent where they cannot tell (see the README).
+
     .. versionadded:: 0.1
     """
+    # Counted first, before this function holds the callbacks anywhere else,
+    # as _refs._probe counts them (see _refs.unreferenced).
+    counts = refcounts(prepare, parent, child) if weak else None
     funcs = (prepare, parent, child)
     if prepare is None and parent is None and child is None:
         raise TypeError("atfork() needs at least one of prepare, parent and child")
     for phase, func in zip(_PHASES, funcs):
-        if func is not None and not callable(func):
-            raise TypeError(f"{phase} must be callable, not {type(func).__name__}")
+        if func is not None:
+            if not callable(func):
+                raise TypeError(f"{phase} must be callable, not {type(func).__name__}")
+            check_callback(func, phase)
     if isinstance(priority, bool) or not isinstance(priority, int):
         raise TypeError(f"priority must be an int, not {type(priority).__name__}")
     if name is not None and not isinstance(name, str):
@@ -342,6 +358,16 @@ def atfork(
         hook._calls = tuple(  # type: ignore[assignment]
             _all_alive(m[0], refs) if m is not None else None for m in made
         )
+        alone = unreferenced(funcs, counts or (), caller)
+        if alone is not None:
+            warnings.warn(
+                AtforkWarning(
+                    f"weak=True, and nothing else refers to {alone!r}: the hook "
+                    f"{hook._name!r} ends as this call returns, never called; keep "
+                    "a reference to the callback, or register it with weak=False"
+                ),
+                stacklevel=2,
+            )
     else:
         hook._refs = ()
         hook._calls = funcs

@@ -85,8 +85,12 @@ def test_strict_fails_a_test_whose_callbacks_raised(
     result = pytester.runpytest(*plugin_args, "--atfork-strict")
     result.assert_outcomes(failed=1)
     result.stdout.fnmatch_lines(
-        ["*atfork callbacks raised during the test*", f"*atfork {phase} callback*failing*"]
+        [
+            "*atfork callbacks raised during the test*",
+            f"Exception ignored in atfork {phase} callback*",
+        ]
     )
+    assert "<atfork.Hook 'failing' priority=0 active>" in result.stdout.str()
 
 
 def test_strict_from_the_ini_file(pytester: pytest.Pytester, plugin_args: list[str]) -> None:
@@ -105,3 +109,45 @@ def test_without_strict_the_test_passes(
     monkeypatch.setenv("PYTHONPATH", os.path.dirname(os.path.dirname(atfork.__file__)))
     result = pytester.runpytest_subprocess(*plugin_args, "-p", "no:unraisableexception")
     result.assert_outcomes(passed=1)
+
+
+BAD_INI = {
+    "atfork_timeout = abc": "atfork_timeout must be a number of seconds, not 'abc'",
+    "atfork_timeout = 0": "atfork_timeout must be positive and finite, not '0'",
+    "atfork_timeout = -1": "atfork_timeout must be positive and finite, not '-1'",
+    "atfork_timeout = inf": "atfork_timeout must be positive and finite, not 'inf'",
+    "atfork_strict = maybe": "atfork_strict must be true or false (*maybe*)",
+}
+
+
+@pytest.mark.parametrize(("line", "message"), BAD_INI.items(), ids=BAD_INI)
+def test_a_bad_ini_value_is_a_usage_error_at_start_up(
+    pytester: pytest.Pytester, plugin_args: list[str], line: str, message: str
+) -> None:
+    """A bad atfork ini value stops the run before any test, with a usage error naming it."""
+    pytester.makeini(f"[pytest]\n{line}\n")
+    pytester.makepyfile("def test_nothing():\n    pass\n")
+    result = pytester.runpytest(*plugin_args)
+    assert pytest.ExitCode.USAGE_ERROR == result.ret
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+
+
+@pytest.mark.parametrize("phase", ["prepare", "parent", "child"])
+def test_strict_report_prints_the_traceback_as_lines(
+    pytester: pytest.Pytester, plugin_args: list[str], phase: str
+) -> None:
+    """The strict failure shows each report's message, then its traceback, line
+    by line, as the default unraisable hook does; a child's too."""
+    pytester.makepyfile(FAILING_CALLBACKS.format(phase=phase))
+    result = pytester.runpytest(*plugin_args, "--atfork-strict")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            f"Exception ignored in atfork {phase} callback*",
+            "Traceback (most recent call last):",
+            '*File "*test_strict_report_prints_the_traceback_as_lines.py", line *, in boom',
+            '*raise RuntimeError("callback failed")',
+            "RuntimeError: callback failed",
+        ]
+    )
+    result.stdout.no_fnmatch_line("*\\n*")

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
 import gc
+import os
 import sys
 import threading
+import warnings
 import weakref
+from collections.abc import AsyncIterator, Iterator
 from typing import Callable
 
 import pytest
+from free_threading import FREE_THREADED
 
 import atfork
 from atfork._registry import registry
-from atfork.testing import run_in_child
+from atfork.testing import run_in_child, run_python
 
 
 def noop() -> None:
@@ -87,6 +92,100 @@ def test_weak_needs_weakly_referenceable_callbacks() -> None:
     """weak=True with a callable that has no weak references raises TypeError."""
     with pytest.raises(TypeError, match="weak references"):
         atfork.atfork(child=NoWeakRefs(), weak=True)
+
+
+def needs_an_argument(conn: object) -> None:
+    pass
+
+
+def takes_two(a: object, b: object) -> None:
+    pass
+
+
+async def async_callback() -> None:
+    pass
+
+
+def generator_callback() -> Iterator[None]:
+    yield
+
+
+async def async_generator_callback() -> AsyncIterator[None]:
+    yield
+
+
+class NeedsArgument:
+    def __init__(self, conn: object) -> None:
+        pass
+
+    def method(self, conn: object) -> None:
+        pass
+
+
+class AsyncCall:
+    async def __call__(self) -> None:
+        pass
+
+
+NEVER_WORK = {
+    "a function needing an argument": (needs_an_argument, "missing a required argument: 'conn'"),
+    "a partial still needing one": (functools.partial(takes_two, 1), "missing.*'b'"),
+    "a bound method needing one": (NeedsArgument(None).method, "'conn'"),
+    "a class needing one": (NeedsArgument, "'conn'"),
+    "a builtin needing one": (len, "missing"),
+    "a lambda with a keyword-only argument": (lambda *, key: None, "'key'"),
+    "an async function": (async_callback, "async function"),
+    "an async partial": (functools.partial(async_callback), "async function"),
+    "an async __call__": (AsyncCall(), "async function"),
+    "a generator function": (generator_callback, "generator function"),
+    "an async generator function": (async_generator_callback, "async generator function"),
+}
+
+
+@pytest.mark.parametrize(("func", "why"), NEVER_WORK.values(), ids=NEVER_WORK)
+@pytest.mark.parametrize("phase", ["prepare", "child"])
+def test_a_callback_that_can_never_run_is_a_type_error(
+    phase: str, func: Callable[[], object], why: str
+) -> None:
+    """A callback that fails or does nothing whenever it is called with no
+    arguments raises TypeError at registration, naming the phase and why."""
+    with pytest.raises(TypeError, match=f"^{phase} .*{why}"):
+        atfork.atfork(**{phase: func})  # type: ignore[arg-type]
+
+
+def with_defaults(a: int = 1, *args: object, key: int = 2, **kwargs: object) -> None:
+    pass
+
+
+class Callbacks:
+    def __init__(self, conn: object = None) -> None:
+        pass
+
+    def method(self) -> None:
+        pass
+
+    def __call__(self, extra: int = 0) -> None:
+        pass
+
+
+ACCEPTED = {
+    "defaults, *args and **kwargs": with_defaults,
+    "a partial giving the arguments": functools.partial(takes_two, 1, 2),
+    "a partial giving them by keyword": functools.partial(takes_two, a=1, b=2),
+    "a bound method": Callbacks().method,
+    "a class": Callbacks,
+    "an instance with __call__": Callbacks(),
+    "a builtin without a signature": dict,
+    "a builtin method": threading.Lock().locked,
+    "a builtin function": os.getpid,
+}
+
+
+@pytest.mark.parametrize("func", ACCEPTED.values(), ids=ACCEPTED)
+def test_a_callback_callable_with_no_arguments_is_accepted(func: Callable[[], object]) -> None:
+    """Whatever can be called with no arguments registers, whatever its kind."""
+    with atfork.atfork(child=func) as hook:
+        assert hook.active
 
 
 def test_failed_registration_registers_nothing() -> None:
@@ -317,6 +416,71 @@ def test_weak_builtin_method_follows_its_object() -> None:
     del locks[0]
     gc.collect()
     assert not hook.active
+
+
+# Each registers inline a callable that nothing else refers to.
+WEAK_ALONE: dict[str, Callable[[], atfork.Hook]] = {
+    "a lambda": lambda: atfork.atfork(child=lambda: None, weak=True),
+    "a partial": lambda: atfork.atfork(child=functools.partial(noop), weak=True),
+    "a new object's method": lambda: atfork.atfork(child=Owner([]).child, weak=True),
+    "a new lock's method": lambda: atfork.atfork(prepare=threading.Lock().locked, weak=True),
+    "a new callable object": lambda: atfork.atfork(parent=Callbacks(), weak=True),
+}
+
+
+@pytest.mark.parametrize("register", WEAK_ALONE.values(), ids=WEAK_ALONE)
+def test_weak_hook_on_a_callable_nothing_else_refers_to_warns(
+    register: Callable[[], atfork.Hook],
+) -> None:
+    """weak=True with a callable that dies as the call returns warns, pointing at the call."""
+    with pytest.warns(atfork.AtforkWarning, match="nothing else refers to") as record:
+        hook = register()
+    assert [__file__] == [warning.filename for warning in record]
+    assert not hook.active
+
+
+def test_weak_hook_on_a_callable_kept_elsewhere_does_not_warn() -> None:
+    """weak=True with a callable that outlives the call (in a local, a global,
+    a list, a helper's argument, or the method of an object kept) warns nothing."""
+    kept = lambda: None  # noqa: E731  (a local is the case under test)
+    owner = Owner([])
+    method = Owner([]).child  # the method object keeps its owner alive
+    listed = [functools.partial(noop)]
+
+    def via_a_helper(func: Callable[[], None]) -> atfork.Hook:
+        return atfork.atfork(child=func, weak=True)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        hooks = [
+            atfork.atfork(child=kept, weak=True),
+            atfork.atfork(prepare=kept, child=kept, weak=True),
+            atfork.atfork(child=noop, weak=True),
+            atfork.atfork(child=owner.child, weak=True),
+            atfork.atfork(child=method, weak=True),
+            atfork.atfork(child=listed[0], weak=True),
+            via_a_helper(kept),
+        ]
+    assert all(hook.active for hook in hooks)
+
+
+MODULE_LEVEL = """import warnings, atfork
+warnings.simplefilter("error")
+kept = lambda: None
+atfork.atfork(child=kept, weak=True)
+try:
+    atfork.atfork(child=lambda: None, weak=True)
+except atfork.AtforkWarning:
+    print("warned")
+"""
+
+
+def test_weak_hook_registered_at_module_level() -> None:
+    """At module level an inline lambda warns and a global one does not; on the
+    free-threaded build neither does, a module-level function being freed by
+    the garbage collector only (its reference count tells nothing)."""
+    run = run_python(MODULE_LEVEL)
+    assert (0, "" if FREE_THREADED else "warned\n") == (run.returncode, run.stdout)
 
 
 def test_strong_is_the_default() -> None:

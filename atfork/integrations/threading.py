@@ -117,6 +117,7 @@ from types import ModuleType
 from typing import Any, Callable, TypeVar
 
 import atfork
+from atfork._refs import check_callback
 from atfork.integrations import PRIORITY_THREADING
 from atfork.integrations._imports import when_imported
 
@@ -462,12 +463,16 @@ def track(obj: T, *, on_reset: Callable[[T], object] | None = None) -> T:
         ``obj``, or ``obj`` never dies).
     :returns: ``obj``.
     :raises TypeError: ``obj`` is of another type, or ``on_reset`` is not
-        callable.
+        callable, or cannot run when called as ``on_reset(obj)`` (it takes
+        no argument or needs more, or it is an async or a generator
+        function).
 
     .. versionadded:: 0.1
     """
-    if on_reset is not None and not callable(on_reset):
-        raise TypeError(f"on_reset must be callable, not {type(on_reset).__name__}")
+    if on_reset is not None:
+        if not callable(on_reset):
+            raise TypeError(f"on_reset must be callable, not {type(on_reset).__name__}")
+        check_callback(on_reset, "on_reset", 1)
     entry = _tracked(obj)
     if entry is None:
         kind = _kind(obj)

@@ -184,6 +184,14 @@ def test_track_rejects_a_non_callable_on_reset() -> None:
         track(threading.Lock(), on_reset=1)  # type: ignore[arg-type]
 
 
+def test_track_rejects_an_on_reset_that_takes_no_argument() -> None:
+    """on_reset is called with the object: one that cannot take it raises TypeError at once."""
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"^on_reset .*too many positional arguments"):
+        track(lock, on_reset=lambda: None)  # type: ignore[arg-type,misc]
+    assert lock is track(lock, on_reset=lambda lock, *rest: None)
+
+
 def test_a_tracked_semaphore_keeps_its_name_and_repr() -> None:
     """Counting permits swaps in a subclass that looks the same, and
     untrack() gives the original class back."""
