@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import threading
+import traceback
 from typing import Any, Callable
 
 import pytest
 
 import atfork
-from atfork.testing import run_in_child, run_python, wait_child
+from atfork.testing import ChildCallbackError, run_in_child, run_python, wait_child
 
 
 def describe(args: Any) -> tuple[str, str, Any]:
@@ -130,6 +132,48 @@ def test_parent_error_is_reported_with_its_phase(unraisable: list[Any]) -> None:
     hook = atfork.atfork(parent=boom, name="p")
     run_in_child(lambda: None)
     assert [reported("ValueError", "parent", hook)] == [describe(a) for a in unraisable]
+
+
+def raised_by(args: Any) -> tuple[str, str]:
+    """The name of the hook a report is about, and the exception it carries
+    as its last traceback line (a child's report comes back as the text of
+    a ChildCallbackError)."""
+    text = f"{args.err_msg} {args.object!r} {args.exc_value}"
+    if args.exc_type is ChildCallbackError:
+        error = str(args.exc_value).rstrip().splitlines()[-1]
+    else:
+        error = "".join(traceback.format_exception_only(args.exc_type, args.exc_value)).strip()
+    names = re.findall(r"<atfork\.Hook '([^']*)'", text)
+    return (names[0] if len(names) == 1 else repr(names)), error
+
+
+@pytest.mark.parametrize("phase", ["prepare", "parent", "child"])
+def test_each_report_carries_the_exception_its_own_callback_raised(
+    phase: str, unraisable: list[Any]
+) -> None:
+    """When several callbacks of one phase raise, each is reported once, with its own exception."""
+    errors = {"first": ValueError("first"), "second": KeyError("second"), "third": SystemExit(3)}
+
+    def raiser(error: BaseException) -> Callable[[], None]:
+        def boom() -> None:
+            raise error
+
+        return boom
+
+    for name, error in errors.items():
+        callback: dict[str, Any] = {phase: raiser(error)}
+        atfork.atfork(**callback, name=name)
+    run_in_child(lambda: None)
+    expected = [
+        ("first", "ValueError: first"),
+        ("second", "KeyError: 'second'"),
+        ("third", "SystemExit: 3"),
+    ]
+    if phase == "prepare":
+        expected.reverse()
+    assert expected == [raised_by(args) for args in unraisable]
+    if phase != "child":
+        assert [errors[name] for name, _ in expected] == [a.exc_value for a in unraisable]
 
 
 def test_default_report_names_hook_and_phase() -> None:
