@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import _warnings
 import ctypes
+import json
 import os
 import re
 import subprocess
@@ -525,6 +527,143 @@ def test_prepare_runs_before_logging_takes_its_lock() -> None:
     """Every prepare callback runs before logging's own prepare takes the module lock."""
     result = run_python(PREPARE_BEFORE_LOGGING_LOCK, timeout=60)
     assert (0, "joined\n") == (result.returncode, result.stdout), result.stderr
+
+
+# -- CPython's warnings lock (3.14+) ------------------------------------------
+
+# Python/_warnings.c guards the filters with a lock from 3.14 on, which the
+# child does not reinitialise.
+WARNINGS_LOCK = hasattr(_warnings, "_acquire_lock")
+needs_warnings_lock = pytest.mark.skipif(
+    not WARNINGS_LOCK, reason="not on this Python: no warnings lock before 3.14"
+)
+
+# A thread warns without pause while the main thread forks in batches; each
+# child warns once and exits. The children are reaped with a deadline by a
+# copy of wait_child (importing atfork.testing would import atfork).
+# Without atfork, batches go on until a child hangs or CAP children ran.
+WARN_WHILE_FORKING = """
+import json, os, signal, sys, threading, time, warnings
+if MODE == "atfork":
+    import atfork
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # fork with threads
+warnings.filterwarnings("ignore", "churn")
+stop = threading.Event()
+turn = threading.Event()  # set by the thread at each round: each fork finds it elsewhere
+
+def churn():
+    while not stop.is_set():
+        with warnings.catch_warnings():
+            warnings.warn("churn")
+        turn.set()
+
+def finished(pid, deadline):
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+threading.Thread(target=churn, daemon=True).start()
+forks = hung = 0
+while forks < FORKS or (MODE == "plain" and not hung and forks < CAP):
+    pids = []
+    for _ in range(10):
+        turn.clear()
+        turn.wait(5)
+        pid = os.fork()
+        if pid == 0:
+            warnings.warn("churn")
+            os._exit(0)
+        pids.append(pid)
+    forks += len(pids)
+    deadline = time.monotonic() + 5
+    hung += sum(not finished(pid, deadline) for pid in pids)
+stop.set()
+print(json.dumps([forks, hung]))
+"""
+
+
+def warn_while_forking(mode: str, forks: int) -> tuple[int, int]:
+    """How many children were forked and how many hung at their first warning."""
+    source = f"MODE = {mode!r}; FORKS = {forks}; CAP = 300\n" + WARN_WHILE_FORKING
+    result = run_python(source, timeout=200)
+    assert 0 == result.returncode, result.stderr
+    forked, hung = json.loads(result.stdout)
+    return forked, hung
+
+
+@needs_warnings_lock
+def test_child_forked_while_a_thread_warns_hangs_without_atfork() -> None:
+    """Without atfork, a child forked while another thread warns may hang at its first warning."""
+    forked, hung = warn_while_forking("plain", forks=0)
+    assert 0 < hung, f"no child hung in {forked}"
+
+
+@needs_warnings_lock
+def test_child_forked_while_a_thread_warns_can_warn_with_atfork() -> None:
+    """With atfork, no child forked while another thread warns hangs at its first warning."""
+    assert (40, 0) == warn_while_forking("atfork", forks=40)
+
+
+WARN_IN_CALLBACKS = """
+import json, os, threading, warnings, atfork
+from atfork.testing import wait_child
+
+seen = {}
+
+def warn(place, into=seen):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn(place)
+    into[place] = [str(w.message) for w in caught]
+
+def warn_in_a_thread(place):
+    # The lock must have been given back: another thread waits for it.
+    done = {}
+    thread = threading.Thread(target=warn, args=(place, done), daemon=True)
+    thread.start()
+    thread.join(10)
+    seen[place] = done.get(place, "hung")
+
+def parent():
+    warn("parent")
+    warn_in_a_thread("parent, another thread")
+
+def child():
+    warn("child")
+    warn_in_a_thread("child, another thread")
+
+atfork.atfork(prepare=lambda: warn("prepare"), parent=parent, child=child)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, json.dumps(seen).encode())
+    os._exit(0)
+os.close(write)
+code = wait_child(pid, timeout=30)
+print(json.dumps([code, json.loads(os.read(read, 65536) or b"null"), seen]), flush=True)
+os._exit(0)  # a hung thread must not stop the exit
+"""
+
+
+@needs_warnings_lock
+def test_callbacks_may_warn() -> None:
+    """Callbacks of every phase may warn (the lock is recursive), and other threads started by
+    parent and child callbacks too (it was given back before them)."""
+    result = run_python(WARN_IN_CALLBACKS, timeout=60)
+    assert 0 == result.returncode, result.stderr
+    code, child, parent = json.loads(result.stdout)
+    assert 0 == code
+
+    def warned(*places: str) -> dict[str, list[str]]:
+        return {place: [place] for place in places}
+
+    assert warned("prepare", "parent", "parent, another thread") == parent
+    assert warned("prepare", "child", "child, another thread") == child
 
 
 # -- platforms without fork -------------------------------------------------
