@@ -29,7 +29,9 @@ def describe(args: Any) -> tuple[str, str, Any]:
 OBJECT_IN_MESSAGE = sys.version_info >= (3, 14)
 
 
-def reported(error: str, phase: str, hook: atfork.Hook, *, active: bool = True) -> tuple[str, ...]:
+def reported(
+    error: str, phase: str, hook: atfork.Hook, *, active: bool = True
+) -> tuple[str, str, Any]:
     """What describe() gives for the report of ``hook``'s failed ``phase``
     callback on this Python (``active``: the hook's state when reported)."""
     message = f"Exception ignored in atfork {phase} callback"
