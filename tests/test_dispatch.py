@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import _warnings
 import ctypes
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import threading
+import traceback
 from typing import Any, Callable
 
 import pytest
 
 import atfork
-from atfork.testing import run_in_child, run_python, wait_child
+from atfork.testing import ChildCallbackError, run_in_child, run_python, wait_child
 
 
 def describe(args: Any) -> tuple[str, str, Any]:
@@ -132,6 +136,48 @@ def test_parent_error_is_reported_with_its_phase(unraisable: list[Any]) -> None:
     hook = atfork.atfork(parent=boom, name="p")
     run_in_child(lambda: None)
     assert [reported("ValueError", "parent", hook)] == [describe(a) for a in unraisable]
+
+
+def raised_by(args: Any) -> tuple[str, str]:
+    """The name of the hook a report is about, and the exception it carries
+    as its last traceback line (a child's report comes back as the text of
+    a ChildCallbackError)."""
+    text = f"{args.err_msg} {args.object!r} {args.exc_value}"
+    if args.exc_type is ChildCallbackError:
+        error = str(args.exc_value).rstrip().splitlines()[-1]
+    else:
+        error = "".join(traceback.format_exception_only(args.exc_type, args.exc_value)).strip()
+    names = re.findall(r"<atfork\.Hook '([^']*)'", text)
+    return (names[0] if len(names) == 1 else repr(names)), error
+
+
+@pytest.mark.parametrize("phase", ["prepare", "parent", "child"])
+def test_each_report_carries_the_exception_its_own_callback_raised(
+    phase: str, unraisable: list[Any]
+) -> None:
+    """When several callbacks of one phase raise, each is reported once, with its own exception."""
+    errors = {"first": ValueError("first"), "second": KeyError("second"), "third": SystemExit(3)}
+
+    def raiser(error: BaseException) -> Callable[[], None]:
+        def boom() -> None:
+            raise error
+
+        return boom
+
+    for name, error in errors.items():
+        callback: dict[str, Any] = {phase: raiser(error)}
+        atfork.atfork(**callback, name=name)
+    run_in_child(lambda: None)
+    expected = [
+        ("first", "ValueError: first"),
+        ("second", "KeyError: 'second'"),
+        ("third", "SystemExit: 3"),
+    ]
+    if phase == "prepare":
+        expected.reverse()
+    assert expected == [raised_by(args) for args in unraisable]
+    if phase != "child":
+        assert [errors[name] for name, _ in expected] == [a.exc_value for a in unraisable]
 
 
 def test_default_report_names_hook_and_phase() -> None:
@@ -483,6 +529,143 @@ def test_prepare_runs_before_logging_takes_its_lock() -> None:
     """Every prepare callback runs before logging's own prepare takes the module lock."""
     result = run_python(PREPARE_BEFORE_LOGGING_LOCK, timeout=60)
     assert (0, "joined\n") == (result.returncode, result.stdout), result.stderr
+
+
+# -- CPython's warnings lock (3.14+) ------------------------------------------
+
+# Python/_warnings.c guards the filters with a lock from 3.14 on, which the
+# child does not reinitialise.
+WARNINGS_LOCK = hasattr(_warnings, "_acquire_lock")
+needs_warnings_lock = pytest.mark.skipif(
+    not WARNINGS_LOCK, reason="not on this Python: no warnings lock before 3.14"
+)
+
+# A thread warns without pause while the main thread forks in batches; each
+# child warns once and exits. The children are reaped with a deadline by a
+# copy of wait_child (importing atfork.testing would import atfork).
+# Without atfork, batches go on until a child hangs or CAP children ran.
+WARN_WHILE_FORKING = """
+import json, os, signal, sys, threading, time, warnings
+if MODE == "atfork":
+    import atfork
+
+warnings.filterwarnings("ignore", category=DeprecationWarning)  # fork with threads
+warnings.filterwarnings("ignore", "churn")
+stop = threading.Event()
+turn = threading.Event()  # set by the thread at each round: each fork finds it elsewhere
+
+def churn():
+    while not stop.is_set():
+        with warnings.catch_warnings():
+            warnings.warn("churn")
+        turn.set()
+
+def finished(pid, deadline):
+    while time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+threading.Thread(target=churn, daemon=True).start()
+forks = hung = 0
+while forks < FORKS or (MODE == "plain" and not hung and forks < CAP):
+    pids = []
+    for _ in range(10):
+        turn.clear()
+        turn.wait(5)
+        pid = os.fork()
+        if pid == 0:
+            warnings.warn("churn")
+            os._exit(0)
+        pids.append(pid)
+    forks += len(pids)
+    deadline = time.monotonic() + 5
+    hung += sum(not finished(pid, deadline) for pid in pids)
+stop.set()
+print(json.dumps([forks, hung]))
+"""
+
+
+def warn_while_forking(mode: str, forks: int) -> tuple[int, int]:
+    """How many children were forked and how many hung at their first warning."""
+    source = f"MODE = {mode!r}; FORKS = {forks}; CAP = 300\n" + WARN_WHILE_FORKING
+    result = run_python(source, timeout=200)
+    assert 0 == result.returncode, result.stderr
+    forked, hung = json.loads(result.stdout)
+    return forked, hung
+
+
+@needs_warnings_lock
+def test_child_forked_while_a_thread_warns_hangs_without_atfork() -> None:
+    """Without atfork, a child forked while another thread warns may hang at its first warning."""
+    forked, hung = warn_while_forking("plain", forks=0)
+    assert 0 < hung, f"no child hung in {forked}"
+
+
+@needs_warnings_lock
+def test_child_forked_while_a_thread_warns_can_warn_with_atfork() -> None:
+    """With atfork, no child forked while another thread warns hangs at its first warning."""
+    assert (40, 0) == warn_while_forking("atfork", forks=40)
+
+
+WARN_IN_CALLBACKS = """
+import json, os, threading, warnings, atfork
+from atfork.testing import wait_child
+
+seen = {}
+
+def warn(place, into=seen):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        warnings.warn(place)
+    into[place] = [str(w.message) for w in caught]
+
+def warn_in_a_thread(place):
+    # The lock must have been given back: another thread waits for it.
+    done = {}
+    thread = threading.Thread(target=warn, args=(place, done), daemon=True)
+    thread.start()
+    thread.join(10)
+    seen[place] = done.get(place, "hung")
+
+def parent():
+    warn("parent")
+    warn_in_a_thread("parent, another thread")
+
+def child():
+    warn("child")
+    warn_in_a_thread("child, another thread")
+
+atfork.atfork(prepare=lambda: warn("prepare"), parent=parent, child=child)
+read, write = os.pipe()
+pid = os.fork()
+if pid == 0:
+    os.write(write, json.dumps(seen).encode())
+    os._exit(0)
+os.close(write)
+code = wait_child(pid, timeout=30)
+print(json.dumps([code, json.loads(os.read(read, 65536) or b"null"), seen]), flush=True)
+os._exit(0)  # a hung thread must not stop the exit
+"""
+
+
+@needs_warnings_lock
+def test_callbacks_may_warn() -> None:
+    """Callbacks of every phase may warn (the lock is recursive), and other threads started by
+    parent and child callbacks too (it was given back before them)."""
+    result = run_python(WARN_IN_CALLBACKS, timeout=60)
+    assert 0 == result.returncode, result.stderr
+    code, child, parent = json.loads(result.stdout)
+    assert 0 == code
+
+    def warned(*places: str) -> dict[str, list[str]]:
+        return {place: [place] for place in places}
+
+    assert warned("prepare", "parent", "parent, another thread") == parent
+    assert warned("prepare", "child", "child, another thread") == child
 
 
 # -- platforms without fork -------------------------------------------------
