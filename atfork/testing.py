@@ -188,16 +188,51 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
-def _catch_child_reports() -> tuple[list[tuple[str, str, str]], Any]:
-    """Install, until the fork returns, an unraisable hook that keeps the
-    atfork callback errors of the child, to send them to the parent; every
-    other report goes on to the hook installed before."""
-    parent = os.getpid()
-    reports: list[tuple[str, str, str]] = []
-    previous = sys.unraisablehook
+class _ChildReports:
+    """One ``sys.unraisablehook``, installed while any :func:`run_in_child`
+    forks, that keeps the atfork callback errors of a child, to send them to
+    the parent; every other report goes on to the hook installed before.
 
-    def keep(args: Any) -> None:
-        if os.getpid() != parent and str(args.err_msg).startswith(REPORT_PREFIX):
+    Calls from several threads share it (each installing a hook of its own
+    would file one child's errors under another call, and could leave a
+    stale hook behind): a child's errors go to the list of the thread that
+    forked it, the only thread a child has.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._users = 0
+        self._pid = 0
+        self._lists: dict[int, list[tuple[str, str, str]]] = {}
+        self.previous: Any = None
+
+    def start(self) -> list[tuple[str, str, str]]:
+        """Catch the reports of this thread's next child, in the list returned."""
+        reports: list[tuple[str, str, str]] = []
+        with self._lock:
+            if not self._users:
+                self._pid = os.getpid()
+                self.previous = sys.unraisablehook
+                sys.unraisablehook = self._keep
+            self._users += 1
+            self._lists[threading.get_ident()] = reports
+        return reports
+
+    def stop(self) -> None:
+        """In the parent, once the fork returned."""
+        with self._lock:
+            self._lists.pop(threading.get_ident(), None)
+            self._users -= 1
+            if not self._users and sys.unraisablehook == self._keep:
+                sys.unraisablehook = self.previous
+
+    def _keep(self, args: Any) -> None:
+        reports = self._lists.get(threading.get_ident())
+        if (
+            reports is not None
+            and os.getpid() != self._pid
+            and str(args.err_msg).startswith(REPORT_PREFIX)
+        ):
             text = "".join(
                 traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
             )
@@ -205,10 +240,10 @@ def _catch_child_reports() -> tuple[list[tuple[str, str, str]], Any]:
             hook = "" if args.object is None else f"{args.object!r} "
             reports.append((args.err_msg, hook, text))
         else:
-            previous(args)
+            self.previous(args)
 
-    sys.unraisablehook = keep
-    return reports, previous
+
+_child_reports = _ChildReports()
 
 
 def _report_again(err_msg: str, hook: str, text: str) -> None:
@@ -324,7 +359,9 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
     stack_r, stack_w = os.pipe()
     pid = -1
     unreaped = 0  # the child's pid from the fork until it is reaped
-    reports, previous_hook = _catch_child_reports()
+    global _child_reports
+    catcher = _child_reports
+    reports = catcher.start()
     try:
         # Registered in the parent so that the child inherits it from its
         # first instruction on, even a child hanging in a fork callback.
@@ -333,7 +370,10 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
             pid = _fork()
             if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
                 try:
-                    sys.unraisablehook = previous_hook
+                    # This thread is the child's only one: what the others
+                    # of the parent held (the catcher's lock) is not here.
+                    sys.unraisablehook = catcher.previous
+                    _child_reports = _ChildReports()
                     os.close(result_r)
                     os.close(stack_r)
                     _child_main(result_w, func, args, reports)
@@ -343,7 +383,7 @@ def run_in_child(func: Callable[..., T], *args: Any, timeout: float = 30.0) -> T
         finally:
             if pid:
                 faulthandler.unregister(DUMP_SIGNAL)
-                sys.unraisablehook = previous_hook
+                catcher.stop()
         os.close(result_w)
         os.close(stack_w)
         result_w = stack_w = -1

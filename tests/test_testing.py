@@ -235,6 +235,41 @@ def test_a_fork_raising_after_the_child_exists_keeps_the_child(
     assert ["prepare", "parent"] == calls
 
 
+def test_concurrent_calls_each_get_their_childs_reports(unraisable: list[Any]) -> None:
+    """Two threads calling run_in_child at once each get the callback errors
+    of their own children, and sys.unraisablehook is restored after."""
+    hook = sys.unraisablehook
+
+    def boom() -> None:
+        raise ValueError(f"in a child of {threading.current_thread().name}")
+
+    atfork.atfork(child=boom)
+    errors: list[BaseException] = []
+
+    def fork_many() -> None:
+        try:
+            for _ in range(FORKS_EACH):
+                run_in_child(int)
+        except BaseException as exc:  # noqa: BLE001  (checked below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fork_many, name=f"forker-{i}") for i in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    assert [] == errors
+    assert hook is sys.unraisablehook
+    counts = {
+        t.name: sum(f"in a child of {t.name}" in str(r.exc_value) for r in unraisable)
+        for t in threads
+    }
+    assert {t.name: FORKS_EACH for t in threads} == counts
+
+
+FORKS_EACH = 40
+
+
 def test_parent_unraisablehook_is_restored() -> None:
     """The helper puts back the sys.unraisablehook it found."""
     before = sys.unraisablehook
