@@ -88,7 +88,8 @@ child
     objects reset (see :func:`was_reset` and ``track(on_reset=...)``).
     Forgets the waiters of conditions (their threads are gone), returns the
     semaphore permits of other threads, gives executors an empty work queue
-    and no threads. With :func:`enable`: does the same for each used
+    and no threads (a worker that forked stays the child's worker, on its
+    emptied queue). With :func:`enable`: does the same for each used
     ThreadPoolExecutor, tracked or not (re-initialising its lock if it is
     held and the forking thread is in none of its methods); drops the
     import locks of the other threads and the modules they were half way
@@ -194,9 +195,21 @@ def _repair_executor(executor: Any, me: int) -> bool:
     # in the parent, once: the child starts over with an empty queue, no
     # threads, and no idle-worker permits (which would stop submit() from
     # starting a worker).
-    executor._work_queue = type(executor._work_queue)()
+    current = threading.current_thread()
+    if current in executor._threads:
+        # Forked by one of its own workers, which reads on from this queue
+        # once its work item returns: the queue is emptied, the worker kept.
+        queue, empty = executor._work_queue, sys.modules["queue"].Empty
+        while True:
+            try:
+                queue.get_nowait()
+            except empty:
+                break
+        executor._threads = {current}
+    else:
+        executor._work_queue = type(executor._work_queue)()
+        executor._threads = set()
     executor._idle_semaphore = threading.Semaphore(0)
-    executor._threads = set()
     return False
 
 

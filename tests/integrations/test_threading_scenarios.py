@@ -311,6 +311,45 @@ SCENARIOS = {
         with_atfork=("child: True",),
         enable=True,
     ),
+    "executor forked by its own worker, never tracked": Scenario(
+        # The child's forking thread goes on as the executor's worker: it
+        # must not take the parent's queued mark() from the queue.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        from atfork.testing import wait_child
+        PARENT = os.getpid()
+        executor = ThreadPoolExecutor(max_workers=1)
+        read, write = os.pipe()
+        started, go = threading.Event(), threading.Event()
+        def mark():
+            os.write(write, b"%d " % os.getpid())
+        def end():
+            os.write(write, b"end ")
+            os._exit(0)
+        def fork_here():
+            started.set()
+            go.wait(60)
+            pid = os.fork()
+            if pid == 0:
+                executor.submit(end)
+            return pid
+        forked = executor.submit(fork_here)
+        started.wait()
+        queued = executor.submit(mark)
+        go.set()
+        print("child status:", wait_child(forked.result(), timeout=DEADLINE))
+        queued.result()
+        executor.shutdown()
+        os.close(write)
+        tokens = b"".join(iter(lambda: os.read(read, 1000), b"")).split()
+        def kind(token):
+            return "end" if token == b"end" else "parent" if int(token) == PARENT else "child"
+        print("ran:", sorted(map(kind, tokens)))
+        """,
+        without=("child status: 0", "ran: ['child', 'end', 'parent']"),
+        with_atfork=("child status: 0", "ran: ['end', 'parent']"),
+        enable=True,
+    ),
     "multiprocessing queue used before os.fork": Scenario(
         """
         import multiprocessing, queue
