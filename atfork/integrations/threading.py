@@ -22,7 +22,9 @@ memory (bpo-6721, open since 2009):
 * A :class:`concurrent.futures.ThreadPoolExecutor` used before the fork
   counts the parent's idle workers in its idle semaphore (3.8+): the
   child's ``submit()`` believes a worker is idle, starts none, and the work
-  never runs.
+  never runs. If it may start one, the child's new worker first runs the
+  work queued in the parent, a second time. A thread of the parent in
+  ``submit()`` or ``shutdown()`` leaves the executor's lock held.
 * A :class:`multiprocessing.Queue` already used has a feeder thread: after a
   plain :func:`os.fork` the child's queue still believes it has one, so
   ``put()`` buffers the item and nothing ever sends it. Its repair,
@@ -48,7 +50,13 @@ What the standard library already does (3.9 - 3.13)
 * The global import lock is re-initialised in the child; the per-module
   locks are not.
 * :mod:`concurrent.futures` re-initialises its module-wide shutdown lock
-  (bpo-45021; 3.9.8+) but not an executor's state.
+  (bpo-45021; 3.9.8+) but not an executor's state; from 3.14 it also
+  empties ``_threads_queues``, its registry of worker threads, so executors
+  cannot be found from it in the child.
+* A :class:`~concurrent.futures.ProcessPoolExecutor`'s worker processes and
+  executor manager thread are the parent's: in a child of a plain
+  :func:`os.fork` its ``submit()`` never completes. That cannot be repaired
+  short of a new pool, and is left alone: the child makes its own.
 * :mod:`multiprocessing` repairs its objects only in its own children.
 * asyncio, from 3.12 on (gh-66285), forgets the running loop and the
   policy's loop in the child and clears the signal wake-up fd; an inherited
@@ -80,8 +88,12 @@ child
     objects reset (see :func:`was_reset` and ``track(on_reset=...)``).
     Forgets the waiters of conditions (their threads are gone), returns the
     semaphore permits of other threads, gives executors an empty work queue
-    and no threads. With :func:`enable`: drops the import locks of the
-    other threads and the modules they were half way through importing,
+    and no threads (a worker that forked stays the child's worker, on its
+    emptied queue). With :func:`enable`: does the same for each used
+    ThreadPoolExecutor, tracked or not (re-initialising its lock if it is
+    held and the forking thread is in none of its methods); drops the
+    import locks of the other threads and the modules they were half way
+    through importing,
     re-arms used multiprocessing queues, and gives each inherited asyncio
     loop its own selector and self-pipe.
 
@@ -91,7 +103,8 @@ Lock and RLock; the attributes ``Condition._lock`` and ``_waiters``,
 ``Semaphore._cond`` and ``_value``, ``BoundedSemaphore._initial_value``,
 ``Event._cond``, ``Queue.mutex``, ``not_empty``, ``not_full`` and
 ``all_tasks_done``, ``ThreadPoolExecutor._shutdown_lock``, ``_work_queue``,
-``_idle_semaphore`` and ``_threads``; ``threading._active``;
+``_idle_semaphore`` and ``_threads`` (unchanged in 3.14);
+``threading._active``;
 ``importlib._bootstrap._module_locks`` and ``_blocking_on`` and the
 ``owner``, ``lock``, ``wakeup`` and ``waiters`` of a ``_ModuleLock``;
 ``multiprocessing.util._afterfork_registry`` and ``Queue._after_fork``;
@@ -182,9 +195,21 @@ def _repair_executor(executor: Any, me: int) -> bool:
     # in the parent, once: the child starts over with an empty queue, no
     # threads, and no idle-worker permits (which would stop submit() from
     # starting a worker).
-    executor._work_queue = type(executor._work_queue)()
+    current = threading.current_thread()
+    if current in executor._threads:
+        # Forked by one of its own workers, which reads on from this queue
+        # once its work item returns: the queue is emptied, the worker kept.
+        queue, empty = executor._work_queue, sys.modules["queue"].Empty
+        while True:
+            try:
+                queue.get_nowait()
+            except empty:
+                break
+        executor._threads = {current}
+    else:
+        executor._work_queue = type(executor._work_queue)()
+        executor._threads = set()
     executor._idle_semaphore = threading.Semaphore(0)
-    executor._threads = set()
     return False
 
 
@@ -540,6 +565,16 @@ _hook: atfork.Hook | None = None
 
 #: Selector event loops made since enable(), or found by it.
 _loops: weakref.WeakSet[Any] = weakref.WeakSet()
+#: Thread pool executors made since enable(), or found by it.
+_executors: weakref.WeakSet[Any] = weakref.WeakSet()
+
+# What enable() watches: (module, class, where its instances are recorded).
+# The module is never imported here: its class is watched once the program
+# imports it.
+_WATCHED: tuple[tuple[str, str, weakref.WeakSet[Any]], ...] = (
+    ("asyncio.selector_events", "BaseSelectorEventLoop", _loops),
+    ("concurrent.futures.thread", "ThreadPoolExecutor", _executors),
+)
 
 
 def _ensure_hook() -> None:
@@ -563,12 +598,12 @@ def _release_hook() -> None:
             _ensure_hook()
 
 
-def _watch_loops(selector_events: ModuleType, *, scan: bool = False) -> None:
-    """Record every selector event loop made from now on (and, with
-    ``scan``, those that exist already)."""
+def _watch(class_name: str, found: weakref.WeakSet[Any], module: ModuleType) -> None:
+    """Record in ``found`` every instance of ``module.class_name`` (or of a
+    subclass) made from now on."""
     if not _enabled:
         return
-    cls = selector_events.BaseSelectorEventLoop
+    cls = getattr(module, class_name)
     original = cls.__init__
     if getattr(original, "_atfork_original", None) is not None:
         return  # already watching
@@ -576,25 +611,33 @@ def _watch_loops(selector_events: ModuleType, *, scan: bool = False) -> None:
     @functools.wraps(original)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         original(self, *args, **kwargs)
-        _loops.add(self)
+        found.add(self)
 
     __init__._atfork_original = original  # type: ignore[attr-defined]
     cls.__init__ = __init__
-    if scan:
-        # Loops made before enable(): found once, here rather than at each fork.
-        for obj in gc.get_objects():
-            if isinstance(obj, cls):
-                _loops.add(obj)
 
 
-def _unwatch_loops() -> None:
-    selector_events = sys.modules.get("asyncio.selector_events")
-    if selector_events is None:
-        return
-    cls = selector_events.BaseSelectorEventLoop
-    original = getattr(cls.__dict__.get("__init__"), "_atfork_original", None)
-    if original is not None:
-        cls.__init__ = original
+def _scan(classes: list[tuple[type, weakref.WeakSet[Any]]]) -> None:
+    """Record the instances of ``classes`` that exist already: once, at
+    ``enable()``, in one pass over the objects the collector tracks, rather
+    than at each fork."""
+    types_ = tuple(cls for cls, _ in classes)
+    for obj in gc.get_objects():
+        if isinstance(obj, types_):
+            for cls, found in classes:
+                if isinstance(obj, cls):
+                    found.add(obj)
+
+
+def _unwatch() -> None:
+    for module_name, class_name, found in _WATCHED:
+        found.clear()
+        cls = getattr(sys.modules.get(module_name), class_name, None)
+        if cls is None:
+            continue
+        original = getattr(cls.__dict__.get("__init__"), "_atfork_original", None)
+        if original is not None:
+            cls.__init__ = original
 
 
 def enable(*, warn: bool = False) -> None:
@@ -608,9 +651,14 @@ def enable(*, warn: bool = False) -> None:
     after a plain :func:`os.fork`; each asyncio selector event loop not
     closed, and not running in another thread, gets its own selector and
     self-pipe, so closing or running it in the child leaves the parent's
-    loop alone. Loops are found by wrapping ``BaseSelectorEventLoop.__init__``
-    when asyncio is imported (and once, at ``enable()``, among the existing
-    objects).
+    loop alone; each :class:`concurrent.futures.ThreadPoolExecutor` used in
+    the parent gets an empty work queue, no threads and a free lock, so its
+    ``submit()`` works and the work queued in the parent runs only there.
+    Loops and executors are found by wrapping
+    ``BaseSelectorEventLoop.__init__`` and ``ThreadPoolExecutor.__init__``
+    when their modules are imported, and once, at ``enable()``, among the
+    existing objects (one pass over :func:`gc.get_objects`, if either
+    module is imported by then). The prepare phase does nothing for them.
 
     Tracked objects (:func:`track`) are handled whether or not the
     integration is enabled. Calling ``enable()`` again sets the options
@@ -629,8 +677,14 @@ def enable(*, warn: bool = False) -> None:
     _warn = warn
     if not _enabled:
         _enabled = True
-        name = "asyncio.selector_events"
-        when_imported(name, functools.partial(_watch_loops, scan=name in sys.modules))
+        existing: list[tuple[type, weakref.WeakSet[Any]]] = []
+        for module_name, class_name, found in _WATCHED:
+            module = sys.modules.get(module_name)
+            if module is not None:
+                existing.append((getattr(module, class_name), found))
+            when_imported(module_name, functools.partial(_watch, class_name, found))
+        if existing:
+            _scan(existing)
     _ensure_hook()
 
 
@@ -643,8 +697,7 @@ def disable() -> None:
     global _enabled, _warn
     if _enabled:
         _enabled = _warn = False
-        _unwatch_loops()
-        _loops.clear()
+        _unwatch()
     _release_hook()
 
 
@@ -786,7 +839,7 @@ def _child() -> None:
         except BaseException as exc:  # noqa: BLE001  (raised once all is repaired)
             error = error or exc
     if _enabled:
-        for repair in (_repair_imports, _repair_mp_queues, _repair_loops):
+        for repair in (_repair_imports, _repair_mp_queues, _repair_loops, _repair_executors):
             try:
                 repair(me)
             except BaseException as exc:  # noqa: BLE001  (raised once all is repaired)
@@ -849,6 +902,36 @@ def _repair_loops(me: int) -> None:
         if loop.is_closed() or loop._thread_id not in (None, me):
             continue  # a loop running in another thread cannot be used here
         _own_selector(loop)
+
+
+def _repair_executors(me: int) -> None:
+    """Give each used thread pool executor found by enable() what a tracked
+    one gets, without the prepare phase: the fork is not made to wait."""
+    if not _executors:
+        return
+    for executor in list(_executors):
+        if _tracked(executor) is not None:
+            continue  # repaired already, with what its prepare found
+        lock = executor._shutdown_lock
+        if lock.acquire(False):
+            lock.release()
+            if not executor._threads:
+                continue  # never used: nothing of the parent's to forget
+        elif not _in_a_method_of(executor):
+            # Held by another thread (in submit() or shutdown()), absent here.
+            lock._at_fork_reinit()
+        _repair_executor(executor, me)
+
+
+def _in_a_method_of(obj: object) -> bool:
+    """Whether the forking thread is inside a method of ``obj`` (and so may
+    hold its lock: a future's done-callback run by ``shutdown()`` can fork)."""
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if "self" in frame.f_code.co_varnames and frame.f_locals.get("self") is obj:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _own_selector(loop: Any) -> None:

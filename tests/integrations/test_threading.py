@@ -588,6 +588,66 @@ def test_disable_stops_watching_asyncio_loops() -> None:
     assert init is asyncio.selector_events.BaseSelectorEventLoop.__init__
 
 
+def test_disable_stops_watching_executors() -> None:
+    """After disable() ThreadPoolExecutor is as concurrent.futures made it.
+
+    In a fresh interpreter, for the reason test_executor_is_held_weakly gives.
+    """
+    run = run_python(
+        textwrap.dedent(
+            """
+            from concurrent.futures import ThreadPoolExecutor
+            from atfork.integrations import threading as atfork_threading
+            init = ThreadPoolExecutor.__init__
+            atfork_threading.enable()
+            watched = ThreadPoolExecutor.__init__ is not init
+            atfork_threading.disable()
+            print(watched, ThreadPoolExecutor.__init__ is init)
+            """
+        )
+    )
+    assert ("True True\n", 0) == (run.stdout, run.returncode), run.stderr
+
+
+def test_executor_lock_of_the_forking_thread_is_kept() -> None:
+    """A fork made from a done-callback that shutdown() runs under the
+    executor's lock leaves that lock to the forking thread in the child."""
+    run = run_python(
+        textwrap.dedent(
+            """
+            import os, threading
+            from concurrent.futures import ThreadPoolExecutor
+            from atfork.integrations import threading as atfork_threading
+            from atfork.testing import wait_child
+            atfork_threading.enable()
+            executor = ThreadPoolExecutor(max_workers=1)
+            started, release = threading.Event(), threading.Event()
+            executor.submit(lambda: (started.set(), release.wait(60)))
+            started.wait()
+            queued = executor.submit(int)
+            pids = []
+            queued.add_done_callback(lambda future: pids.append(os.fork()))
+            try:
+                executor.shutdown(wait=False, cancel_futures=True)
+                outcome = "shut down"
+            except RuntimeError as exc:  # the lock was reset under shutdown()
+                outcome = str(exc)
+            if pids[0] == 0:
+                print("child:", outcome, flush=True)
+                os._exit(0)
+            status = wait_child(pids[0])
+            release.set()
+            executor.shutdown()
+            print("parent:", outcome, status)
+            """
+        )
+    )
+    assert ("child: shut down\nparent: shut down 0\n", 0) == (
+        run.stdout,
+        run.returncode,
+    ), run.stderr
+
+
 def test_unused_multiprocessing_queue_is_left_alone() -> None:
     """A queue whose feeder never started needs nothing and gets nothing."""
     atfork_threading.enable()

@@ -73,6 +73,30 @@ class Scenario(NamedTuple):
 
 HUNG = "child: HUNG"
 
+# The end of a scenario whose ``executor`` the parent used: each process
+# submits its own work.
+SUBMIT_IN_BOTH = """
+        def child():
+            return executor.submit(os.getpid).result() == os.getpid()
+        in_child(child)
+        print("parent:", executor.submit(abs, -3).result())
+        executor.shutdown()
+"""
+
+# The end of a scenario whose ``executor`` has ``queued = submit(mark)``
+# waiting at the fork, until ``release`` is set: where did mark() run?
+QUEUED_IN_THE_PARENT = """
+        def child():
+            return executor.submit(os.getpid).result() == os.getpid(), queued.done()
+        in_child(child)
+        release.set()
+        queued.result()
+        executor.shutdown()
+        os.close(write)
+        pids = os.read(read, 1000).split()
+        print("mark ran in:", sorted("parent" if int(p) == PARENT else "child" for p in pids))
+"""
+
 SCENARIOS = {
     "lock held by another thread": Scenario(
         """
@@ -205,12 +229,8 @@ SCENARIOS = {
         from concurrent.futures import ThreadPoolExecutor
         executor = track(ThreadPoolExecutor(max_workers=1))
         executor.submit(int).result()
-        def child():
-            return executor.submit(os.getpid).result() == os.getpid()
-        in_child(child)
-        print("parent:", executor.submit(abs, -3).result())
-        executor.shutdown()
-        """,
+        """
+        + SUBMIT_IN_BOTH,
         without=(HUNG, "parent: 3"),
         with_atfork=("child: True", "parent: 3"),
     ),
@@ -221,6 +241,7 @@ SCENARIOS = {
         """
         from concurrent.futures import ThreadPoolExecutor
         executor = track(ThreadPoolExecutor(max_workers=1))
+        PARENT = os.getpid()
         read, write = os.pipe()
         started, release = threading.Event(), threading.Event()
         def block():
@@ -231,18 +252,103 @@ SCENARIOS = {
         executor.submit(block)
         started.wait()
         queued = executor.submit(mark)
+        """
+        + QUEUED_IN_THE_PARENT,
+        without=(HUNG, "mark ran in: ['parent']"),
+        with_atfork=("child: (True, False)", "mark ran in: ['parent']"),
+    ),
+    "executor made and used before enable(), never tracked": Scenario(
+        # enable() finds the executors that exist already.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        executor = ThreadPoolExecutor(max_workers=1)
+        executor.submit(int).result()
+        if WITH_ATFORK:
+            atfork_threading.enable()
+        """
+        + SUBMIT_IN_BOTH,
+        without=(HUNG, "parent: 3"),
+        with_atfork=("child: True", "parent: 3"),
+    ),
+    "executor made after enable(), work queued at the fork, never tracked": Scenario(
+        # The parent's worker is still in its initializer, so mark() waits
+        # in the queue, and a second worker may start: without atfork the
+        # child starts it, and it runs the parent's mark() again.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        PARENT = os.getpid()
+        initializing, release = threading.Event(), threading.Event()
+        def initializer():
+            if os.getpid() == PARENT:
+                initializing.set()
+                release.wait(60)
+        executor = ThreadPoolExecutor(max_workers=2, initializer=initializer)
+        read, write = os.pipe()
+        def mark():
+            os.write(write, b"%d " % os.getpid())
+        queued = executor.submit(mark)
+        initializing.wait()
+        """
+        + QUEUED_IN_THE_PARENT,
+        without=("child: (True, True)", "mark ran in: ['child', 'parent']"),
+        with_atfork=("child: (True, False)", "mark ran in: ['parent']"),
+        enable=True,
+    ),
+    "executor lock held by another thread, never tracked": Scenario(
+        # As by a thread in the middle of submit() or shutdown().
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        executor = ThreadPoolExecutor(max_workers=1)
+        executor.submit(int).result()
+        hold(executor._shutdown_lock)
         def child():
-            return executor.submit(os.getpid).result() == os.getpid(), queued.done()
+            return executor.submit(os.getpid).result() == os.getpid()
         in_child(child)
-        release.set()
+        done.set()
+        executor.shutdown()
+        """,
+        without=(HUNG,),
+        with_atfork=("child: True",),
+        enable=True,
+    ),
+    "executor forked by its own worker, never tracked": Scenario(
+        # The child's forking thread goes on as the executor's worker: it
+        # must not take the parent's queued mark() from the queue.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        from atfork.testing import wait_child
+        PARENT = os.getpid()
+        executor = ThreadPoolExecutor(max_workers=1)
+        read, write = os.pipe()
+        started, go = threading.Event(), threading.Event()
+        def mark():
+            os.write(write, b"%d " % os.getpid())
+        def end():
+            os.write(write, b"end ")
+            os._exit(0)
+        def fork_here():
+            started.set()
+            go.wait(60)
+            pid = os.fork()
+            if pid == 0:
+                executor.submit(end)
+            return pid
+        forked = executor.submit(fork_here)
+        started.wait()
+        queued = executor.submit(mark)
+        go.set()
+        print("child status:", wait_child(forked.result(), timeout=DEADLINE))
         queued.result()
         executor.shutdown()
         os.close(write)
-        pids = os.read(read, 1000).split()
-        print("mark ran in:", ["parent" if int(p) == os.getpid() else "child" for p in pids])
+        tokens = b"".join(iter(lambda: os.read(read, 1000), b"")).split()
+        def kind(token):
+            return "end" if token == b"end" else "parent" if int(token) == PARENT else "child"
+        print("ran:", sorted(map(kind, tokens)))
         """,
-        without=(HUNG, "mark ran in: ['parent']"),
-        with_atfork=("child: (True, False)", "mark ran in: ['parent']"),
+        without=("child status: 0", "ran: ['child', 'end', 'parent']"),
+        with_atfork=("child status: 0", "ran: ['end', 'parent']"),
+        enable=True,
     ),
     "multiprocessing queue used before os.fork": Scenario(
         """
