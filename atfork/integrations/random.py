@@ -27,8 +27,15 @@ What this module does
     The generators it covers: the standard library's global instance,
     numpy's legacy global generator and torch's default CPU generator when
     the program has imported numpy or torch (looked up in ``sys.modules`` at
-    fork time, never imported), and every generator given to :func:`track`.
+    fork time, never imported), every generator given to :func:`track`,
+    and the ones it finds (see "Finding" below): every ``random.Random``
+    (``SystemRandom`` needs nothing) and every numpy ``Generator``,
+    ``RandomState`` and bit generator of numpy's own five types, made
+    before or after :func:`enable`, numpy imported before or after it.
 
+    prepare
+        Registers the numpy generators made since the last scan, if any
+        were (a scan of the garbage collector's youngest generation).
     prepare, parent (``mode="derived"`` only)
         prepare takes the index ``k`` of the child about to be made (the
         forks of a process are counted from 0); parent forgets it again.
@@ -50,7 +57,7 @@ The derived scheme
     spawn_key=spawn_key() + (s,))``, where ``s`` is 0 for the global
     ``random`` instance, 1 for numpy's legacy global generator, 2 for
     torch's default CPU generator and ``3 + i`` for the ``i``-th generator
-    given to :func:`track` in the process or its ancestors. A
+    given to :func:`track` or found in the process or its ancestors. A
     ``random.Random`` is seeded with the integer made of
     ``generate_state(4)`` (32-bit words, lowest first); a numpy
     ``RandomState`` backed by ``MT19937`` with ``seed(generate_state(4))``;
@@ -60,9 +67,28 @@ The derived scheme
     numpy's ``SeedSequence`` (checked against numpy by the tests), so
     programs without numpy are seeded the same way.
 
+Finding
+    :func:`enable` scans the heap once (``gc.get_objects()``) for the
+    generators made before it. From then on ``random.Random`` has a
+    ``__new__`` that registers each instance, weakly. numpy's types cannot
+    be patched, but each bit generator's ``__init__`` makes its lock by
+    calling ``numpy.random.bit_generator``'s module global ``RLock``
+    (``Lock`` before numpy 2.3): it is replaced, as soon as numpy is seen in
+    ``sys.modules`` (at enable(), at each collection, in prepare), by a
+    function that makes the same lock and notes that bit generators were
+    made. Only then is the garbage collector's youngest generation scanned,
+    where those objects are: by a ``gc.callbacks`` entry before a collection
+    moves them out of it, and in prepare. The free-threaded build has no
+    generations: there the scan is in prepare only and covers the heap.
+    Found numpy objects cannot be weakly referenced: they are held strongly
+    and dropped once their reference count shows that nothing else holds
+    them. :func:`disable` puts ``random.Random`` and numpy's global back.
+    Not found: bit generators of other types (subclasses, third-party ones)
+    and what is built on them; objects that ``gc.freeze()`` moved out of
+    the collector's reach before a scan saw them.
+
 Limits
-    Generators not given to :func:`track` (other than the globals above)
-    cannot be found, and are not reseeded. numpy before 2.3 uses a plain
+    numpy before 2.3 uses a plain
     ``Lock``, whose holder cannot be known: one the forking thread itself
     holds across ``os.fork()`` is freed in the child too. torch's generator
     mutex is C++ and cannot be re-created or tried: had another thread been
@@ -77,12 +103,15 @@ Limits
 
 from __future__ import annotations
 
+import gc
 import itertools
 import operator
 import os
 import random
 import sys
+import sysconfig
 import threading
+import weakref
 from _thread import get_ident
 from typing import Any, Callable
 
@@ -114,6 +143,7 @@ _RANDOM = "random"  # random.Random: seed(int)
 _RANDOM_STATE = "RandomState"  # numpy RandomState
 _GENERATOR = "Generator"  # numpy Generator: its bit generator
 _BIT_GENERATOR = "BitGenerator"  # numpy BitGenerator
+_LEFT_ALONE = "left alone"  # given to untrack(): neither reseeded nor found again
 
 _stdlib_seed = random.seed  # the global instance's seed, as CPython reseeds it
 
@@ -136,25 +166,33 @@ _not_alone: dict[int, bool] = {}
 
 
 class _Tracked:
-    """A tracked generator: its stream number, how to reseed it, and the
-    generator itself or a weak reference to it."""
+    """A covered generator: its stream number, how to reseed it, the
+    generator itself or a weak reference to it, and whether it was found
+    (rather than given to :func:`track`)."""
 
-    __slots__ = ("get", "kind", "stream")
+    __slots__ = ("found", "get", "kind", "stream")
 
-    def __init__(self, stream: int, kind: str, get: Callable[[], Any]) -> None:
+    def __init__(self, stream: int, kind: str, get: Callable[[], Any], found: bool) -> None:
         self.stream = stream
         self.kind = kind
         self.get = get
+        self.found = found
 
 
-# Tracked generators by id(); numbered in tracking order (the stream number
-# of the derived scheme, inherited by children).
+# Covered generators by id(): tracked or found, numbered in that order (the
+# stream number of the derived scheme, inherited by children). Registration
+# may run from a gc callback, in any thread, amid another registration of
+# the same thread: hence a reentrant lock, never taken at fork time.
 _tracked: dict[int, _Tracked] = {}
 _streams = itertools.count(_FIRST_TRACKED_STREAM)
+_tracked_lock = threading.RLock()
 
 
 def enable(*, mode: str = "fresh", seed: int | None = None) -> None:
-    """Reseed the random generators in every forked child.
+    """Reseed the random generators in every forked child: the global ones,
+    the tracked ones, and the ones found without :func:`track` (see
+    "Finding" in the module documentation; the first call scans the heap
+    once for those made before it).
 
     :param mode: ``"fresh"``: each child reseeds from ``os.urandom``.
         ``"derived"``: each child derives its seeds from a root seed and its
@@ -195,6 +233,7 @@ def enable(*, mode: str = "fresh", seed: int | None = None) -> None:
     if _mode == mode and (seed is None or seed == _root):
         return
     disable()
+    _start_finding()
     if mode == "derived":
         _root = seed if seed is not None else int.from_bytes(os.urandom(16), "little")
         _key = ()
@@ -212,7 +251,7 @@ def enable(*, mode: str = "fresh", seed: int | None = None) -> None:
     else:
         _hooks.append(
             atfork.atfork(
-                prepare=_count_threads,
+                prepare=_fresh_prepare,
                 child=_fresh_child,
                 priority=PRIORITY_RANDOM,
                 name="atfork.integrations.random (fresh)",
@@ -230,6 +269,7 @@ def disable() -> None:
     global _mode, _root, _pool, _key
     while _hooks:
         _hooks.pop().unregister()
+    _stop_finding()
     _mode = _root = _pool = None
     _key = ()
     _pending.clear()
@@ -284,41 +324,67 @@ def track(rng: Any) -> Any:
 
     .. versionadded:: 0.1
     """
-    key = id(rng)
-    if key in _tracked:
+    entry = _tracked.get(id(rng))
+    if entry is not None and entry.get() is rng and entry.kind != _LEFT_ALONE:
+        entry.found = False  # held until untrack() from now on
         return rng
-    kind = _kind(rng)
-    stream = next(_streams)
-    # numpy's generators have no weak references: held until untrack()
-    ref = ref_or_strong(rng, lambda _: _tracked.pop(key, None))
-    _tracked[key] = _Tracked(stream, kind, ref)
+    _register(rng, _kind(rng), found=False)
     return rng
 
 
+def _register(rng: Any, kind: str, found: bool) -> None:
+    key = id(rng)
+    with _tracked_lock:
+        entry = _tracked.get(key)
+        if entry is not None and entry.get() is rng and (found or entry.kind != _LEFT_ALONE):
+            return
+        # numpy's generators have no weak references: held until untrack(),
+        # or, found ones, until _prune() sees that nothing else holds them
+        ref = ref_or_strong(rng, lambda _: _tracked.pop(key, None))
+        _tracked[key] = _Tracked(next(_streams), kind, ref, found)
+
+
 def untrack(rng: Any) -> None:
-    """Stop reseeding ``rng`` in forked children and drop the reference to
-    it; calling it for an object that is not tracked does nothing.
+    """Stop reseeding ``rng`` (and the bit generator a numpy ``Generator``
+    or ``RandomState`` draws from) in forked children, whether it was given
+    to :func:`track` or found by :func:`enable`; it is not found again.
+    The reference to a numpy generator is kept no longer than to a found
+    one. Calling it for any other object does nothing.
 
     .. versionadded:: 0.1
     """
-    entry = _tracked.get(id(rng))
-    if entry is not None and entry.get() is rng:
-        del _tracked[id(rng)]
+    try:
+        kind = _kind(rng, check=False)
+    except TypeError:
+        return
+    objects = [rng]
+    if kind == _GENERATOR:
+        objects.append(rng.bit_generator)
+    elif kind == _RANDOM_STATE:
+        objects.append(rng._bit_generator)
+    with _tracked_lock:
+        for obj in objects:
+            key = id(obj)
+            ref = ref_or_strong(obj, lambda _, key=key: _tracked.pop(key, None))  # type: ignore[misc]
+            _tracked[key] = _Tracked(-1, _LEFT_ALONE, ref, found=True)
 
 
-def _kind(rng: Any) -> str:
+def _kind(rng: Any, check: bool = True) -> str:
     if isinstance(rng, random.Random):
         return _RANDOM
     np_random = sys.modules.get("numpy.random")  # a numpy generator implies it is imported
     if np_random is not None:
         if isinstance(rng, np_random.Generator):
-            _check_bit_generator(np_random, rng.bit_generator)
+            if check:
+                _check_bit_generator(np_random, rng.bit_generator)
             return _GENERATOR
         if isinstance(rng, np_random.RandomState):
-            _check_bit_generator(np_random, rng._bit_generator)
+            if check:
+                _check_bit_generator(np_random, rng._bit_generator)
             return _RANDOM_STATE
         if isinstance(rng, np_random.BitGenerator):
-            _check_bit_generator(np_random, rng)
+            if check:
+                _check_bit_generator(np_random, rng)
             return _BIT_GENERATOR
     raise TypeError(
         "track() takes a random.Random or a numpy Generator, RandomState or "
@@ -338,11 +404,217 @@ def _check_bit_generator(np_random: Any, bit_generator: Any) -> None:
         ) from exc
 
 
+# -- finding generators without track() ------------------------------------------
+#
+# random.Random: its class gets a __new__ that registers every instance as
+# it is made (SystemRandom excepted), weakly. numpy's types are C types that
+# cannot be patched, and every Generator and RandomState draws from a
+# BitGenerator whose __init__ makes its lock by calling
+# numpy.random.bit_generator's module global Lock (RLock from numpy 2.3):
+# that global is replaced by a function that makes the same lock and notes
+# that bit generators were made. The new objects are then in the garbage
+# collector's youngest generation, which is scanned (only when something
+# was noted) before each collection moves them out of it, and in prepare.
+# The free-threaded build has no generations: there the scan is in prepare
+# only, and covers the whole heap, still only after something was noted.
+# Found numpy objects are held strongly and dropped once nothing else holds
+# them (_prune). enable() scans the heap once for what existed before.
+
+_RANDOM_BASE = random.Random.__mro__[1]  # _random.Random, the C type
+_FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+# The numpy types found, by module and name, and how each is reseeded; a
+# bit generator of another type (a subclass, a third-party one) is not.
+_NUMPY_TYPES = (
+    ("numpy.random._mt19937", "MT19937", _BIT_GENERATOR),
+    ("numpy.random._pcg64", "PCG64", _BIT_GENERATOR),
+    ("numpy.random._pcg64", "PCG64DXSM", _BIT_GENERATOR),
+    ("numpy.random._philox", "Philox", _BIT_GENERATOR),
+    ("numpy.random._sfc64", "SFC64", _BIT_GENERATOR),
+    ("numpy.random.mtrand", "RandomState", _RANDOM_STATE),
+)
+
+_finding = False
+# Whether numpy bit generators were made since the last scan.
+_made = False
+# numpy.random.bit_generator, the name of its lock global, the original.
+_lock_global: tuple[Any, str, Any] | None = None
+_numpy_watched = False  # whether _lock_global is set
+# Found numpy objects held, and how many were alive at the last _prune().
+_held = 0
+_alive = 0
+
+
+def _random_new(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """random.Random.__new__ while enabled: the C type's, then registered."""
+    rng = _RANDOM_BASE.__new__(cls, *args, **kwargs)
+    if not isinstance(rng, random.SystemRandom):  # reads the kernel: nothing to reseed
+        _register(rng, _RANDOM, found=True)
+    return rng
+
+
+_random_new_method = staticmethod(_random_new)
+
+
+def _start_finding() -> None:
+    global _finding
+    if _finding:
+        return
+    _finding = True
+    random.Random.__new__ = _random_new_method  # type: ignore[assignment]
+    if not _FREE_THREADED:
+        gc.callbacks.append(_before_collection)
+    _watch_numpy()
+    _scan(gc.get_objects(), everything=True)
+
+
+def _stop_finding() -> None:
+    global _finding, _lock_global, _numpy_watched
+    if not _finding:
+        return
+    _finding = False
+    if vars(random.Random).get("__new__") is _random_new_method:
+        del random.Random.__new__
+    if _before_collection in gc.callbacks:
+        gc.callbacks.remove(_before_collection)
+    if _lock_global is not None:
+        module, name, original = _lock_global
+        if getattr(module, name, None) is not original:
+            setattr(module, name, original)
+        _lock_global = None
+        _numpy_watched = False
+
+
+def _watch_numpy() -> bool:
+    """Replace numpy's lock global, once numpy.random is imported (now or
+    since the last call); True if it was just replaced."""
+    global _lock_global, _numpy_watched
+    module = sys.modules.get("numpy.random.bit_generator")
+    if module is None:
+        return False
+    if _lock_global is not None:
+        # numpy's module body, still running, may assign it again
+        module, name, _ = _lock_global
+        return _replace_lock(module, name)
+    for name in ("RLock", "Lock"):
+        original = getattr(module, name, None)
+        if original is not None:
+            _lock_global = (module, name, original)
+            _numpy_watched = True
+            return _replace_lock(module, name)
+    return False  # the module is still being initialised
+
+
+def _replace_lock(module: Any, name: str) -> bool:
+    global _made
+    assert _lock_global is not None
+    original = _lock_global[2]
+    current = getattr(module, name, None)
+    if getattr(current, "__wrapped__", None) is original:
+        return False
+
+    def make_lock() -> Any:
+        global _made
+        _made = True
+        return original()
+
+    make_lock.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(module, name, make_lock)
+    _made = True  # bit generators made before it was replaced: scan once
+    return True
+
+
+def _before_collection(phase: str, info: dict[str, int]) -> None:
+    """gc callback: scan the youngest generation before it is collected,
+    if numpy bit generators were made meanwhile."""
+    if phase == "start" and (_watch_numpy() or _made):
+        _scan(gc.get_objects(generation=0))
+
+
+def _find_new() -> None:
+    """In prepare: what was made since the last scan. Once numpy's global is
+    replaced, only a flag is read: every page prepare writes to (a reference
+    count is a write) costs the parent a page fault at each fork."""
+    if _made or (not _numpy_watched and _finding and _watch_numpy()):
+        _scan(gc.get_objects(generation=0))
+
+
+def _scan(objects: list[Any], everything: bool = False) -> None:
+    """Register the generators among ``objects``; with ``everything``, the
+    random.Random instances too (made before enable())."""
+    global _made, _held
+    _made = False
+    kinds: dict[type, str | None] = {}
+    for module, name, kind in _NUMPY_TYPES:
+        cls = getattr(sys.modules.get(module), name, None)
+        if cls is not None:
+            kinds[cls] = kind
+    if not kinds and not everything:
+        return
+    legacy = getattr(sys.modules.get("numpy.random.mtrand"), "_rand", None)
+    # the global instances have streams of their own
+    excluded = {id(random._inst), id(legacy), id(getattr(legacy, "_bit_generator", None))}
+    found: list[tuple[Any, str]] = []
+    for obj in objects:
+        cls = type(obj)
+        known = kinds.get(cls, "")
+        if known == "":
+            known = kinds[cls] = (
+                _RANDOM
+                if everything
+                and issubclass(cls, random.Random)
+                and not issubclass(cls, random.SystemRandom)
+                else None
+            )
+        if known is not None and id(obj) not in excluded:
+            found.append((obj, known))
+    del objects
+    for obj, kind in found:
+        if kind == _RANDOM_STATE and type(obj._bit_generator) not in kinds:
+            continue  # a RandomState on a bit generator that cannot be reseeded
+        if id(obj) not in _tracked:
+            _register(obj, kind, found=True)
+            _held += kind != _RANDOM
+    if _held > 2 * _alive + 64:
+        _prune()
+
+
+def _refs(entry: _Tracked) -> int:
+    return sys.getrefcount(entry.get())
+
+
+def _strong(entry: _Tracked) -> bool:
+    return not isinstance(entry.get, weakref.ref)
+
+
+def _garbage(entry: _Tracked) -> bool:
+    """A found numpy object that only its entry holds."""
+    return entry.found and _strong(entry) and _refs(entry) <= _ALONE
+
+
+# The count _refs() gives for an object that only its _Tracked entry holds.
+_ALONE = _refs(_Tracked(0, _BIT_GENERATOR, ref_or_strong(object(), lambda _: None), True))
+
+
+def _prune() -> None:
+    """Drop the found numpy objects that nothing else holds any more."""
+    global _held, _alive
+    with _tracked_lock:
+        for key, entry in list(_tracked.items()):
+            if _garbage(entry):
+                del _tracked[key]
+        _held = _alive = sum(1 for e in _tracked.values() if e.found and _strong(e))
+
+
 # prepare / parent (mode="derived")
 
 
 def _derived_prepare() -> None:
     _pending[get_ident()] = next(_children)
+    _fresh_prepare()
+
+
+def _fresh_prepare() -> None:
+    _find_new()
     _count_threads()
 
 
@@ -412,6 +684,9 @@ def _reseed(
     """Reseed numpy's and torch's global generators and the tracked ones;
     ``words(stream)`` gives four 32-bit words of seed, ``sequence(numpy.random,
     stream)`` a numpy SeedSequence."""
+    global _tracked_lock
+    # Another thread of the parent may have held it at the fork.
+    _tracked_lock = threading.RLock()
     np_random = sys.modules.get("numpy.random")
     mtrand = sys.modules.get("numpy.random.mtrand")
     legacy = getattr(mtrand, "_rand", None)
@@ -423,9 +698,20 @@ def _reseed(
     if generator is not None and not not_alone:
         seed_words = words(_STREAM_TORCH)
         generator.manual_seed(seed_words[0] | seed_words[1] << 32)
+    # Reseeded through the RandomState or Generator that owns it, once.
+    owned = {id(getattr(legacy, "_bit_generator", None))}
     for entry in tracked:
+        if entry.kind in (_RANDOM_STATE, _GENERATOR):
+            rng = entry.get()
+            if rng is not None:
+                owned.add(
+                    id(rng._bit_generator if entry.kind == _RANDOM_STATE else rng.bit_generator)
+                )
+    for entry in tracked:
+        if entry.kind == _LEFT_ALONE or _garbage(entry):
+            continue
         rng = entry.get()
-        if rng is None:
+        if rng is None or (entry.kind == _BIT_GENERATOR and id(rng) in owned):
             continue
         if entry.kind == _RANDOM:
             rng.seed(_integer(words(entry.stream)))

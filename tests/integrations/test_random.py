@@ -57,11 +57,11 @@ from atfork.testing import ChildTimeoutError, run_in_child, wait_child
 """
 
 
-def run_scenario(source: str, **params: Any) -> Any:
-    """Run ``source`` in a fresh interpreter with ``params`` as globals and
-    return what its last line of output holds (JSON)."""
+def run_scenario(source: str, prologue: str = _PROLOGUE, **params: Any) -> Any:
+    """Run ``prologue`` and ``source`` in a fresh interpreter with ``params``
+    as globals and return what its last line of output holds (JSON)."""
     assignments = "".join(f"{name} = {value!r}\n" for name, value in params.items())
-    result = run_python(assignments + _PROLOGUE + textwrap.dedent(source), timeout=60)
+    result = run_python(assignments + prologue + textwrap.dedent(source), timeout=60)
     assert 0 == result.returncode, result.stderr
     assert "Exception ignored" not in result.stderr, result.stderr
     return json.loads(result.stdout.splitlines()[-1])
@@ -373,23 +373,32 @@ def draw():
 def child():
     return [draw(), run_in_child(draw), run_in_child(draw)]
 
-print(json.dumps([run_in_child(child) for _ in range(3)]))
+# The stream numbers, in the order the integration found or was given them.
+streams = [atfork_random._tracked[id(tracked)].stream if WITH_ATFORK else 0]
+if WITH_NUMPY:
+    streams.append(atfork_random._tracked[id(rng)].stream if WITH_ATFORK else 0)
+print(json.dumps([streams, [run_in_child(child) for _ in range(3)]]))
 """
 
 
-def family(with_atfork: bool, with_numpy: bool) -> dict[tuple[int, ...], dict[str, float]]:
-    """Three children with two children each: each one's draws, by place in the
+def family(
+    with_atfork: bool, with_numpy: bool
+) -> tuple[list[int], dict[tuple[int, ...], dict[str, float]]]:
+    """The stream numbers of random.Random(7) and default_rng(1), and three
+    children with two children each: each one's draws, by place in the
     process tree (the fork indices leading to it)."""
-    children = run_scenario(_FAMILY, WITH_ATFORK=with_atfork, WITH_NUMPY=with_numpy, SEED=SEED)
+    streams, children = run_scenario(
+        _FAMILY, WITH_ATFORK=with_atfork, WITH_NUMPY=with_numpy, SEED=SEED
+    )
     draws = {}
     for k, generation in enumerate(children):
         for key, (spawn_key, process_draws) in zip([(k,), (k, 0), (k, 1)], generation):
             assert (list(key) if with_atfork else []) == spawn_key
             draws[key] = process_draws
-    return draws
+    return streams, draws
 
 
-def expected_draws(key: tuple[int, ...], with_numpy: bool) -> dict[str, float]:
+def expected_draws(key: tuple[int, ...], with_numpy: bool, streams: list[int]) -> dict[str, float]:
     """The documented derived scheme, computed with numpy's own SeedSequence."""
 
     def state(stream: int, n_words: int) -> list[int]:
@@ -401,11 +410,11 @@ def expected_draws(key: tuple[int, ...], with_numpy: bool) -> dict[str, float]:
 
     draws = {
         "random global": random.Random(integer(state(0, 4))).random(),
-        "random.Random(7)": random.Random(integer(state(3, 4))).random(),
+        "random.Random(7)": random.Random(integer(state(streams[0], 4))).random(),
     }
     if with_numpy:
         draws["numpy global"] = np.random.RandomState(state(1, 4)).random()
-        sequence = np.random.SeedSequence(SEED, spawn_key=(*key, 4))
+        sequence = np.random.SeedSequence(SEED, spawn_key=(*key, streams[1]))
         draws["numpy default_rng(1)"] = np.random.Generator(np.random.PCG64(sequence)).random()
     return draws
 
@@ -420,14 +429,14 @@ def test_derived_children_are_reproducible_and_distinct(
     every sibling; with derived mode each child and grandchild draws the same
     in both runs, differently from all the others, as the documented scheme
     says, with or without numpy."""
-    first = family(with_atfork, with_numpy)
-    second = family(with_atfork, with_numpy)
+    streams, first = family(with_atfork, with_numpy)
+    second_streams, second = family(with_atfork, with_numpy)
     names = list(first[(0,)])
     distinct = {name: len({draws[name] for draws in first.values()}) for name in names}
     if with_atfork:
-        assert first == second
+        assert (streams, first) == (second_streams, second)
         assert dict.fromkeys(names, 9) == distinct
-        assert {key: expected_draws(key, with_numpy) for key in first} == first
+        assert {key: expected_draws(key, with_numpy, streams) for key in first} == first
     else:
         assert [d["random global"] for d in first.values()] != [
             d["random global"] for d in second.values()
