@@ -143,16 +143,13 @@ def _after_in_parent() -> None:
 
 
 def _after_in_child() -> None:
-    if not _forks:
-        # No prepare phase ran for this fork: nothing was registered, or a C
-        # extension called PyOS_AfterFork_Child() alone (uWSGI does), and
-        # check() runs the callbacks.
-        registry.forked(None, None, registry.state.pid)
-        return
-    fork = _forks.pop(get_ident(), None)
+    fork = _forks.pop(get_ident(), None) if _forks else None
     if _forks:  # forks of other threads, cut short: those threads are not here
         _forks.clear()
     if fork is None:
+        # No prepare phase ran for this fork: nothing was registered, or a C
+        # extension called PyOS_AfterFork_Child() alone (uWSGI does), and
+        # check() runs the callbacks.
         registry.forked(None, None, registry.state.pid)
         return
     # The callbacks run in this process (for check()).

@@ -114,9 +114,9 @@ class _State:
         #: The process in which the child callbacks last ran (or atfork was
         #: imported); see ``_dispatch.check()``.
         self.pid = pid
-        #: What the parent's process held (its state, the fork's record),
-        #: kept alive: releasing it would write to every hook it holds, a
-        #: page fault each, which has no place right after a fork.
+        #: The parent's state, kept alive: releasing it would write to
+        #: every hook it holds, a page fault each, which has no place right
+        #: after a fork.
         self.kept = kept
 
     def add(self, hook: Hook) -> None:
