@@ -56,6 +56,18 @@ def atfork_cli(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess[str]
 
 
 @pytest.fixture
+def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """os.fork and subprocess.Popen fail the test if called: for checks that
+    must refuse their arguments before any process starts."""
+
+    def forbidden(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("started a process before checking its arguments")
+
+    monkeypatch.setattr(os, "fork", forbidden)
+    monkeypatch.setattr(subprocess, "Popen", forbidden)
+
+
+@pytest.fixture
 def unraisable(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """The arguments of every ``sys.unraisablehook`` call during the test."""
     seen: list[Any] = []

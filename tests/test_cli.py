@@ -48,8 +48,18 @@ def test_demo(atfork_cli: Callable[..., Any]) -> None:
     assert "atfork works" in fixed
 
 
-def test_demo_rejects_a_bad_timeout() -> None:
-    """--timeout must be a positive number."""
+@pytest.mark.usefixtures("nothing_starts")
+@pytest.mark.parametrize("timeout", ["inf", "1e12", "604801", "nan", "0", "-1", "abc"])
+@pytest.mark.parametrize("command", ["demo", "doctor"])
+def test_commands_reject_a_bad_timeout(
+    command: str, timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --timeout that is not a positive number of seconds up to a week is a one-line usage
+    error with exit code 2, before any process starts."""
     with pytest.raises(SystemExit) as stopped:
-        _cli.main(["demo", "--timeout", "0"])
-    assert 2 == stopped.value.code
+        _cli.main([command, "--timeout", timeout])
+    assert (
+        2,
+        f"python -m atfork {command}: error: argument --timeout: must be a positive number of "
+        f"seconds, at most 604800 (a week), not {timeout!r} (see --help)\n",
+    ) == (stopped.value.code, capsys.readouterr().err)

@@ -33,11 +33,6 @@ def hang_forever() -> None:
     threading.Event().wait()
 
 
-def forbidden(*args: Any, **kwargs: Any) -> Any:
-    """Stands in for os.fork or subprocess.Popen where nothing may start."""
-    raise AssertionError("started a process before checking its arguments")
-
-
 def reaped(pid: int) -> bool:
     """Whether child ``pid`` was reaped already; a child that was not is
     killed and reaped now, so that a failing test leaves nothing behind."""
@@ -127,20 +122,18 @@ BAD_TIMEOUTS = [0, -1.0, float("nan"), float("inf"), 1e12, MAX_TIMEOUT + 1]
 
 
 @pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
-def test_timeout_must_be_positive_and_at_most_a_week(
-    timeout: float, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("nothing_starts")
+def test_timeout_must_be_positive_and_at_most_a_week(timeout: float) -> None:
     """A deadline that is not positive, is NaN or exceeds MAX_TIMEOUT is refused before forking."""
-    monkeypatch.setattr(os, "fork", forbidden)
     message = r"timeout must be a positive number of seconds, at most 604800 \(a week\), not "
     with pytest.raises(ValueError, match=message):
         run_in_child(lambda: None, timeout=timeout)
 
 
 @pytest.mark.parametrize("timeout", ["1", None, True])
-def test_timeout_must_be_a_number(timeout: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("nothing_starts")
+def test_timeout_must_be_a_number(timeout: Any) -> None:
     """A deadline that is not a number (a bool is none) is a TypeError, before forking."""
-    monkeypatch.setattr(os, "fork", forbidden)
     with pytest.raises(TypeError, match="timeout must be a number of seconds, not "):
         run_in_child(lambda: None, timeout=timeout)
 
@@ -362,9 +355,9 @@ def test_run_python_kills_at_the_deadline_with_the_stack() -> None:
 
 
 @pytest.mark.parametrize("timeout", BAD_TIMEOUTS)
-def test_run_python_refuses_a_bad_timeout(timeout: float, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.usefixtures("nothing_starts")
+def test_run_python_refuses_a_bad_timeout(timeout: float) -> None:
     """A bad deadline is a ValueError before the interpreter starts."""
-    monkeypatch.setattr(subprocess, "Popen", forbidden)
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds"):
         run_python("pass", timeout=timeout)
 
@@ -433,11 +426,9 @@ def test_run_python_tracebacks_give_the_sources_line_numbers() -> None:
         ({"source": "pass", "executable": 1}, "executable must be a path, not int"),
     ],
 )
-def test_run_python_checks_its_arguments_first(
-    arguments: dict[str, Any], message: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.usefixtures("nothing_starts")
+def test_run_python_checks_its_arguments_first(arguments: dict[str, Any], message: str) -> None:
     """Arguments of the wrong type are a TypeError before the interpreter starts."""
-    monkeypatch.setattr(subprocess, "Popen", forbidden)
     with pytest.raises(TypeError, match=re.escape(message)):
         run_python(**arguments)
 
