@@ -1,0 +1,162 @@
+"""Every code block of README.rst works as pasted.
+
+A ``.. code-block:: python`` block runs in a fresh interpreter, in an empty
+directory; one that defines ``test_`` functions is a test file, run by
+pytest. A ``.. code-block:: console`` block lists commands (``$ ...``) run
+from the project's root, each followed by the lines it prints: digits stand
+for any number (process ids), a line ``...`` for any lines. Literal blocks
+(``::``) are commands for a shell or output shown for reading; the two
+commands at the top are the ones CI runs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from conftest import SOURCE
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.rst"
+
+
+class Block(NamedTuple):
+    language: str  # "python", "console", or "" for a literal block
+    line: int  # of the directive, or of the paragraph ending in "::"
+    text: str
+
+
+def blocks(path: Path) -> list[Block]:
+    """The code blocks of a reStructuredText file, dedented."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    found = []
+    for number, line in enumerate(lines):
+        directive = re.match(r"\s*\.\. code-block:: *(\w+)", line)
+        if directive is not None:
+            language = directive.group(1)
+        elif line.endswith("::") and not line.lstrip().startswith(".."):
+            language = ""
+        else:
+            continue
+        indent = len(line) - len(line.lstrip())
+        body: list[str] = []
+        for following in lines[number + 1 :]:
+            if following.strip() and len(following) - len(following.lstrip()) <= indent:
+                break
+            body.append(following)
+        text = "\n".join(body).strip("\n")
+        margin = min(len(b) - len(b.lstrip()) for b in body if b.strip())
+        found.append(Block(language, number + 1, "\n".join(b[margin:] for b in text.split("\n"))))
+    return found
+
+
+BLOCKS = blocks(README)
+
+
+def _ids(kind: str) -> list[Block]:
+    return [b for b in BLOCKS if b.language == kind]
+
+
+def _environment() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("ATFORK_INTEGRATIONS", "PYTHONPATH")}
+    env["PYTHONPATH"] = SOURCE
+    env["COLUMNS"] = "80"  # argparse wraps its help to the terminal's width
+    return env
+
+
+def test_the_readme_has_blocks_of_each_kind() -> None:
+    """The parser finds the README's blocks (a parser that finds none would pass every test)."""
+    assert {"python", "console", ""} <= {b.language for b in BLOCKS}
+    assert len(_ids("python")) >= 5
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    """The README shows the two commands, and .ci/run runs exactly its test command."""
+    commands = [b.text for b in BLOCKS if b.language == "" and b.text.startswith("python -m pip")]
+    assert [
+        "python -m pip install . && python -m atfork demo",
+        "python -m pip install tox && python -m tox",
+    ] == commands[:2]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert commands[1] == ci[-1]
+
+
+@pytest.mark.parametrize("block", _ids("python"), ids=lambda b: f"line {b.line}")
+def test_python_block_runs(block: Block, tmp_path: Path) -> None:
+    """The block runs to its end in a fresh interpreter (under pytest if it holds tests)."""
+    if re.search(r"^def test_", block.text, re.MULTILINE):
+        (tmp_path / "test_example.py").write_text(block.text + "\n", encoding="utf-8")
+        command = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "test_example.py",
+        ]
+    else:
+        command = [sys.executable, "-c", block.text]
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert 0 == done.returncode, f"README.rst line {block.line}:\n{done.stdout}\n{done.stderr}"
+
+
+def _matches(expected: list[str], actual: list[str]) -> bool:
+    """Whether ``actual`` is ``expected``, where digits match any number and
+    a line ``...`` matches any lines."""
+    if not expected:
+        return not actual
+    if expected[0] == "...":
+        return any(_matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
+    pattern = r"\d+".join(re.escape(part) for part in re.split(r"\d+", expected[0].rstrip()))
+    return (
+        bool(actual)
+        and re.fullmatch(pattern, actual[0].rstrip()) is not None
+        and _matches(expected[1:], actual[1:])
+    )
+
+
+def _sessions(text: str) -> list[tuple[str, list[str]]]:
+    sessions: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("$ "):
+            sessions.append((line[2:], []))
+        else:
+            sessions[-1][1].append(line)
+    return sessions
+
+
+@pytest.mark.parametrize("block", _ids("console"), ids=lambda b: f"line {b.line}")
+def test_console_block_prints_what_it_shows(block: Block) -> None:
+    """Each command of the block prints the lines shown below it (stdout and stderr, in order)."""
+    for command, expected in _sessions(block.text):
+        argv = shlex.split(command)
+        assert "python" == argv[0], command
+        done = subprocess.run(
+            [sys.executable, *argv[1:]],
+            cwd=ROOT,
+            env=_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        actual = done.stdout.splitlines()
+        assert _matches(expected, actual), (
+            f"README.rst line {block.line}: $ {command}\n{done.stdout}"
+        )
