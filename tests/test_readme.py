@@ -115,19 +115,38 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     assert 0 == done.returncode, f"README.rst line {block.line}:\n{done.stdout}\n{done.stderr}"
 
 
+def _line_matches(expected: str, actual: str) -> bool:
+    pattern = r"\d+".join(re.escape(part) for part in re.split(r"\d+", expected.rstrip()))
+    return re.fullmatch(pattern, actual.rstrip()) is not None
+
+
 def _matches(expected: list[str], actual: list[str]) -> bool:
     """Whether ``actual`` is ``expected``, where digits match any number and
     a line ``...`` matches any lines."""
-    if not expected:
-        return not actual
-    if expected[0] == "...":
-        return any(_matches(expected[1:], actual[i:]) for i in range(len(actual) + 1))
-    pattern = r"\d+".join(re.escape(part) for part in re.split(r"\d+", expected[0].rstrip()))
-    return (
-        bool(actual)
-        and re.fullmatch(pattern, actual[0].rstrip()) is not None
-        and _matches(expected[1:], actual[1:])
-    )
+    segments: list[list[str]] = [[]]
+    for line in expected:
+        if line == "...":
+            segments.append([])
+        else:
+            segments[-1].append(line)
+
+    def at(segment: list[str], start: int) -> bool:
+        return start + len(segment) <= len(actual) and all(
+            _line_matches(e, a) for e, a in zip(segment, actual[start:])
+        )
+
+    if len(segments) == 1:
+        return len(expected) == len(actual) and at(expected, 0)
+    first, *middle, last = segments
+    if not at(first, 0):
+        return False
+    position = len(first)
+    for segment in middle:  # the earliest place each fits leaves the most room for the rest
+        found = next((i for i in range(position, len(actual) + 1) if at(segment, i)), None)
+        if found is None:
+            return False
+        position = found + len(segment)
+    return len(actual) - len(last) >= position and at(last, len(actual) - len(last))
 
 
 def _sessions(text: str) -> list[tuple[str, list[str]]]:
