@@ -118,21 +118,32 @@ from __future__ import annotations
 
 import functools
 import gc
-import signal
 import sys
 import threading
 import types
 import warnings
 import weakref
 from _thread import get_ident
-from operator import attrgetter
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
 import atfork
 from atfork._refs import check_callback
-from atfork.integrations import PRIORITY_THREADING
+from atfork.integrations import (
+    PRIORITY_THREADING,
+    _event_loops,
+    _executors,
+    _import_locks,
+    _mp_queues,
+)
 from atfork.integrations._imports import when_imported
+from atfork.integrations._tracked_kinds import (
+    Kind,
+    count_permits,
+    kind_of,
+    repair_semaphore,
+    stop_counting,
+)
 
 __all__ = [
     "ForkWithThreadsWarning",
@@ -160,211 +171,6 @@ class ForkWithThreadsWarning(atfork.AtforkWarning):
     __module__ = "atfork.integrations.threading"
 
 
-# -- What track() accepts, and how each type is handled ---------------------
-
-_LOCK: type = type(threading.Lock())
-_RLOCKS: tuple[type, ...] = tuple(
-    {type(threading.RLock()), getattr(threading, "_PyRLock", type(threading.RLock()))}
-)
-
-
-def _clear_waiters(condition: Any) -> None:
-    # The waiters are threads of the parent: none exists in the child, and a
-    # notify() spent on one would wake nobody.
-    condition._waiters.clear()
-
-
-def _repair_condition(condition: Any, me: int) -> bool:
-    _clear_waiters(condition)
-    return False
-
-
-def _repair_event(event: Any, me: int) -> bool:
-    _clear_waiters(event._cond)
-    return False
-
-
-def _repair_queue(queue: Any, me: int) -> bool:
-    for condition in (queue.not_empty, queue.not_full, queue.all_tasks_done):
-        _clear_waiters(condition)
-    return False
-
-
-def _repair_executor(executor: Any, me: int) -> bool:
-    # The parent's workers do not exist here. The work they had queued runs
-    # in the parent, once: the child starts over with an empty queue, no
-    # threads, and no idle-worker permits (which would stop submit() from
-    # starting a worker).
-    current = threading.current_thread()
-    if current in executor._threads:
-        # Forked by one of its own workers, which reads on from this queue
-        # once its work item returns: the queue is emptied, the worker kept.
-        queue, empty = executor._work_queue, sys.modules["queue"].Empty
-        while True:
-            try:
-                queue.get_nowait()
-            except empty:
-                break
-        executor._threads = {current}
-    else:
-        executor._work_queue = type(executor._work_queue)()
-        executor._threads = set()
-    executor._idle_semaphore = threading.Semaphore(0)
-    return False
-
-
-# A tracked semaphore counts, per thread, the permits it holds: acquisitions
-# minus releases. Its class is swapped for a subclass (same name, same
-# layout) whose ``_value`` is a property over one instance attribute holding
-# ``(value, {thread ident: permits held})``. The stdlib changes ``_value``
-# only while holding the semaphore's condition, and each change is one store
-# here, so a fork never sees the value and its owners disagree.
-_SEMAPHORE_STATE = "_atfork_state"
-_counting_classes: dict[type, type] = {}
-
-
-def _get_value(semaphore: Any) -> int:
-    value: int = semaphore.__dict__[_SEMAPHORE_STATE][0]
-    return value
-
-
-def _set_value(semaphore: Any, value: int) -> None:
-    state = semaphore.__dict__
-    old, held = state[_SEMAPHORE_STATE]
-    ident = get_ident()
-    held = held.copy()
-    count = held.get(ident, 0) + old - value
-    if count:
-        held[ident] = count
-    else:
-        held.pop(ident, None)
-    state[_SEMAPHORE_STATE] = (value, held)
-
-
-def _counting_class(cls: type) -> type:
-    counting = _counting_classes.get(cls)
-    if counting is None:
-        counting = type(
-            cls.__name__,
-            (cls,),
-            {
-                "__slots__": (),
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-                "__doc__": cls.__doc__,
-                "_value": property(_get_value, _set_value),
-            },
-        )
-        counting = _counting_classes.setdefault(cls, counting)
-    return counting
-
-
-def _count_permits(semaphore: Any) -> None:
-    state = semaphore.__dict__
-    if _SEMAPHORE_STATE not in state:
-        # Permits taken before this point have no known owner: never returned.
-        state[_SEMAPHORE_STATE] = (state.pop("_value"), {})
-        semaphore.__class__ = _counting_class(type(semaphore))
-
-
-def _stop_counting(semaphore: Any) -> None:
-    state = semaphore.__dict__
-    if _SEMAPHORE_STATE in state:
-        semaphore.__class__ = type(semaphore).__mro__[1]
-        state["_value"] = state.pop(_SEMAPHORE_STATE)[0]
-
-
-def _repair_semaphore(semaphore: Any, me: int) -> bool:
-    _clear_waiters(semaphore._cond)
-    state = semaphore.__dict__
-    value, held = state[_SEMAPHORE_STATE]
-    mine = held.get(me, 0)
-    # Summed over the other threads, so a permit one thread acquired and
-    # another released (a hand-off, a signal) is not returned twice.
-    others: int = sum(count for ident, count in held.items() if ident != me)
-    if others > 0:
-        value += others
-        bound = getattr(semaphore, "_initial_value", None)
-        if bound is not None:
-            value = min(value, bound)
-    state[_SEMAPHORE_STATE] = (value, {me: mine} if mine else {})
-    return others > 0
-
-
-class _Kind:
-    """How one tracked object is handled at fork: where its lock is, whether
-    that lock is reentrant, and what else the child repairs."""
-
-    __slots__ = ("lock_of", "reentrant", "repair")
-
-    def __init__(
-        self,
-        lock_of: Callable[[Any], Any] | None,
-        reentrant: bool,
-        repair: Callable[[Any, int], bool] | None,
-    ) -> None:
-        self.lock_of = lock_of
-        self.reentrant = reentrant
-        self.repair = repair
-
-
-# One _Kind per way of handling, shared by the entries: each object a fork
-# reads is a page it may have to copy (see _prepare).
-_kinds: dict[tuple[str | None, bool, Callable[[Any, int], bool] | None], _Kind] = {}
-
-
-def _shared_kind(
-    lock_path: str | None, reentrant: bool, repair: Callable[[Any, int], bool] | None
-) -> _Kind:
-    key = (lock_path, reentrant, repair)
-    kind = _kinds.get(key)
-    if kind is None:
-        lock_of = None if lock_path is None else attrgetter(lock_path)
-        kind = _kinds.setdefault(key, _Kind(lock_of, reentrant, repair))
-    return kind
-
-
-_SUPPORTED = (
-    "threading.Lock, RLock, Condition, Semaphore, BoundedSemaphore and Event, "
-    "queue.Queue and concurrent.futures.ThreadPoolExecutor"
-)
-
-
-def _kind(obj: object) -> _Kind:
-    """How ``obj`` is handled, or TypeError if it cannot be tracked."""
-    if isinstance(obj, _LOCK):
-        return _shared_kind(None, False, None)
-    if isinstance(obj, _RLOCKS):
-        return _shared_kind(None, True, None)
-    lock_path: str
-    repair: Callable[[Any, int], bool]
-    queue = sys.modules.get("queue")
-    executors = sys.modules.get("concurrent.futures.thread")
-    if isinstance(obj, threading.Condition):
-        lock_path, repair = "_lock", _repair_condition
-    elif isinstance(obj, threading.Semaphore):
-        lock_path, repair = "_cond._lock", _repair_semaphore
-    elif isinstance(obj, threading.Event):
-        lock_path, repair = "_cond._lock", _repair_event
-    elif queue is not None and isinstance(obj, queue.Queue):
-        lock_path, repair = "mutex", _repair_queue
-    elif executors is not None and isinstance(obj, executors.ThreadPoolExecutor):
-        lock_path, repair = "_shutdown_lock", _repair_executor
-    else:
-        cls = type(obj)
-        raise TypeError(f"track() takes a {_SUPPORTED}, not {cls.__module__}.{cls.__qualname__}")
-    lock = attrgetter(lock_path)(obj)
-    if isinstance(lock, _LOCK):
-        return _shared_kind(lock_path, False, repair)
-    if isinstance(lock, _RLOCKS):
-        return _shared_kind(lock_path, True, repair)
-    cls = type(lock)
-    raise TypeError(
-        f"track() needs the lock of {type(obj).__name__} to be a threading.Lock or RLock, "
-        f"not {cls.__module__}.{cls.__qualname__}"
-    )
-
-
 # -- The tracked objects ----------------------------------------------------
 
 
@@ -374,7 +180,7 @@ class _Entry:
     __slots__ = ("__weakref__", "hook", "kind", "on_reset", "ref", "reset_in")
 
     ref: weakref.ref[Any]
-    kind: _Kind
+    kind: Kind
     #: The ``on_reset`` callback (or a weak reference to a bound method).
     on_reset: Callable[[], Callable[[Any], object] | None] | None
     #: Its own atfork hook, which calls ``on_reset`` in the child.
@@ -500,7 +306,7 @@ def track(obj: T, *, on_reset: Callable[[T], object] | None = None) -> T:
         check_callback(on_reset, "on_reset", 1)
     entry = _tracked(obj)
     if entry is None:
-        kind = _kind(obj)
+        kind = kind_of(obj)
         key = id(obj)
         entry = object.__new__(_Entry)
         entry.kind = kind
@@ -508,8 +314,8 @@ def track(obj: T, *, on_reset: Callable[[T], object] | None = None) -> T:
         entry.hook = None
         entry.reset_in = -1
         entry.ref = weakref.ref(obj, functools.partial(_forget, key))
-        if kind.repair is _repair_semaphore:
-            _count_permits(obj)
+        if kind.repair is repair_semaphore:
+            count_permits(obj)
         _entries[key] = entry
         _changed()
         _ensure_hook()
@@ -540,8 +346,8 @@ def untrack(obj: object) -> None:
     _changed()
     if entry.hook is not None:
         entry.hook.unregister()
-    if entry.kind.repair is _repair_semaphore:
-        _stop_counting(obj)
+    if entry.kind.repair is repair_semaphore:
+        stop_counting(obj)
     _release_hook()
 
 
@@ -563,17 +369,13 @@ _enabled = False
 _warn = False
 _hook: atfork.Hook | None = None
 
-#: Selector event loops made since enable(), or found by it.
-_loops: weakref.WeakSet[Any] = weakref.WeakSet()
-#: Thread pool executors made since enable(), or found by it.
-_executors: weakref.WeakSet[Any] = weakref.WeakSet()
 
 # What enable() watches: (module, class, where its instances are recorded).
 # The module is never imported here: its class is watched once the program
 # imports it.
 _WATCHED: tuple[tuple[str, str, weakref.WeakSet[Any]], ...] = (
-    ("asyncio.selector_events", "BaseSelectorEventLoop", _loops),
-    ("concurrent.futures.thread", "ThreadPoolExecutor", _executors),
+    ("asyncio.selector_events", "BaseSelectorEventLoop", _event_loops.found),
+    ("concurrent.futures.thread", "ThreadPoolExecutor", _executors.found),
 )
 
 
@@ -839,7 +641,7 @@ def _child() -> None:
         except BaseException as exc:  # noqa: BLE001  (raised once all is repaired)
             error = error or exc
     if _enabled:
-        for repair in (_repair_imports, _repair_mp_queues, _repair_loops, _repair_executors):
+        for repair in _EXTRAS:
             try:
                 repair(me)
             except BaseException as exc:  # noqa: BLE001  (raised once all is repaired)
@@ -848,119 +650,14 @@ def _child() -> None:
         raise error  # reported by atfork through sys.unraisablehook
 
 
-def _repair_imports(me: int) -> None:
-    """Undo the imports other threads were in the middle of."""
-    bootstrap = sys.modules.get("_frozen_importlib")
-    module_locks: dict[str, Any] | None = getattr(bootstrap, "_module_locks", None)
-    if module_locks:
-        for name, ref in list(module_locks.items()):
-            lock = ref()
-            if lock is None:
-                continue
-            owner = getattr(lock, "owner", None)
-            if owner == me:
-                # This thread's own import goes on. The other threads in the
-                # lock's bookkeeping are gone: no wake-up is owed to them.
-                lock.lock._at_fork_reinit()
-                lock.wakeup._at_fork_reinit()
-                lock.waiters = type(lock.waiters)()
-                continue
-            # A lock another thread owned, or was updating, is dropped: the
-            # next import of the module makes a new one.
-            if module_locks.get(name) is ref:
-                del module_locks[name]
-            if owner is not None:
-                module = sys.modules.get(name)
-                if getattr(getattr(module, "__spec__", None), "_initializing", False):
-                    del sys.modules[name]  # half executed: imported afresh
-    # The threads each thread waits for (the import deadlock detector's
-    # graph): a dict by thread id up to 3.11, a weak value dictionary later.
-    blocking_on: Any = getattr(bootstrap, "_blocking_on", None)
-    waiting = getattr(blocking_on, "data", blocking_on)
-    if waiting:
-        for ident in list(waiting):
-            if ident != me:
-                waiting.pop(ident, None)
+def _repair_found_executors(me: int) -> None:
+    _executors.repair(me, _tracked)
 
 
-def _repair_mp_queues(me: int) -> None:
-    """Reset used multiprocessing queues as multiprocessing's children do."""
-    util = sys.modules.get("multiprocessing.util")
-    queues = sys.modules.get("multiprocessing.queues")
-    if util is None or queues is None:
-        return
-    after_fork = queues.Queue._after_fork
-    for (_, _, func), queue in list(util._afterfork_registry.items()):
-        if func is after_fork and getattr(queue, "_thread", None) is not None:
-            func(queue)
-
-
-def _repair_loops(me: int) -> None:
-    if not _loops:
-        return
-    for loop in list(_loops):
-        if loop.is_closed() or loop._thread_id not in (None, me):
-            continue  # a loop running in another thread cannot be used here
-        _own_selector(loop)
-
-
-def _repair_executors(me: int) -> None:
-    """Give each used thread pool executor found by enable() what a tracked
-    one gets, without the prepare phase: the fork is not made to wait."""
-    if not _executors:
-        return
-    for executor in list(_executors):
-        if _tracked(executor) is not None:
-            continue  # repaired already, with what its prepare found
-        lock = executor._shutdown_lock
-        if lock.acquire(False):
-            lock.release()
-            if not executor._threads:
-                continue  # never used: nothing of the parent's to forget
-        elif not _in_a_method_of(executor):
-            # Held by another thread (in submit() or shutdown()), absent here.
-            lock._at_fork_reinit()
-        _repair_executor(executor, me)
-
-
-def _in_a_method_of(obj: object) -> bool:
-    """Whether the forking thread is inside a method of ``obj`` (and so may
-    hold its lock: a future's done-callback run by ``shutdown()`` can fork)."""
-    frame: types.FrameType | None = sys._getframe(1)
-    while frame is not None:
-        if "self" in frame.f_code.co_varnames and frame.f_locals.get("self") is obj:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _own_selector(loop: Any) -> None:
-    """Give ``loop`` a selector and a self-pipe of its own.
-
-    Closing the inherited selector closes only this process's descriptor of
-    the kernel's epoll set: it unregisters nothing, so the parent's set is
-    untouched. Closing the self-pipe's sockets likewise leaves the parent's.
-    """
-    old = loop._selector
-    new = type(old)()
-    for key in list(old.get_map().values()):
-        try:
-            new.register(key.fileobj, key.events, key.data)
-        except (OSError, ValueError):  # closed under the loop's feet: nothing to watch
-            continue
-    loop._selector = new
-    old.close()
-    if loop._csock is None:
-        return
-    old_fd = loop._csock.fileno()
-    loop._close_self_pipe()
-    loop._make_self_pipe()
-    if getattr(loop, "_signal_handlers", None):
-        # Up to 3.11 the child keeps the loop's signal wake-up fd: point it
-        # at the new self-pipe, unless it was pointing elsewhere.
-        try:
-            previous = signal.set_wakeup_fd(loop._csock.fileno())
-            if previous != old_fd:
-                signal.set_wakeup_fd(previous)
-        except (ValueError, OSError):  # not the main thread: no wake-up fd here
-            pass
+# What the child repairs with enable(), besides the tracked objects.
+_EXTRAS: tuple[Callable[[int], None], ...] = (
+    _import_locks.repair,
+    _mp_queues.repair,
+    _event_loops.repair,
+    _repair_found_executors,
+)
