@@ -65,19 +65,24 @@ def test_child_close_leaves_parent_session_alive(driver: str) -> None:
 
 CROSSED = """
 conn = pg_connect({driver!r})
-started_r, started_w = os.pipe()
+watcher = pg_connect({driver!r})  # a session of its own, to watch the server
+failed_r, failed_w = os.pipe()
 
 def child(send):
-    os.write(started_w, b"1")
     try:
         # Blocks reading the reply; the parent stops this child meanwhile.
         return query(conn, "select 'child', pg_sleep(0.5)")[0]
     except Exception as exc:
+        os.write(failed_w, b"1")
         return error_name(exc)
 
 pid, read = fork(child)
-os.read(started_r, 1)
-time.sleep(0.2)  # the child's query is on the wire (or it already failed)
+# Wait until the server runs the child's query (it is on the wire, and the
+# child reads the socket for its reply) or the child's query failed.
+deadline = time.monotonic() + 10
+while not select.select([failed_r], [], [], 0.01)[0]:
+    if query(watcher, ACTIVE, ("%pg_sleep(0.5)%",))[0] or time.monotonic() > deadline:
+        break
 os.kill(pid, signal.SIGSTOP)  # only the parent reads the socket from now on
 try:
     parent = query(conn, "select 'parent'")[0]
@@ -87,6 +92,12 @@ os.kill(pid, signal.SIGCONT if ATFORK else signal.SIGKILL)
 code, child_result = join(pid, read)
 report({{"parent got": parent, "child got": child_result}})
 """
+# The server's view of the child's query: it runs on the parent's backend,
+# and its text tells it apart.
+ACTIVE = (
+    "select count(*) from pg_stat_activity "
+    "where state = 'active' and query like %s and pid != pg_backend_pid()"
+)
 
 
 @pytest.mark.parametrize("driver", PG_DRIVERS)
@@ -95,7 +106,7 @@ def test_parent_never_reads_the_childs_rows(driver: str) -> None:
     parent's query returns the child's row; with it, the child's query
     raises and the parent gets its own."""
     require("postgresql", driver)
-    body = CROSSED.format(driver=driver)
+    body = f"import select\nACTIVE = {ACTIVE!r}\n" + CROSSED.format(driver=driver)
     assert "child" == scenario(body, atfork=False)["parent got"]
     assert {"parent got": "parent", "child got": INHERITED} == scenario(body, atfork=True)
 
@@ -222,8 +233,10 @@ channel = "atfork-test-%d" % os.getpid()
 pubsub = client.pubsub()
 pubsub.subscribe(channel)
 pubsub.get_message(timeout=2)  # the subscribe confirmation
+started_r, started_w = os.pipe()
 
 def child(send):
+    os.write(started_w, b"1")
     try:
         message = pubsub.get_message(timeout=2)
         return message and message["data"].decode()
@@ -231,7 +244,7 @@ def child(send):
         return error_name(exc)
 
 pid, read = fork(child)
-time.sleep(0.3)  # the child waits for a message
+os.read(started_r, 1)  # the message waits in the socket for whoever reads it first
 redis.Redis(**REDIS).publish(channel, "hello")
 code, child_result = join(pid, read)
 message = pubsub.get_message(timeout=2)
