@@ -1,4 +1,5 @@
-"""Every code block of README.rst works as pasted.
+"""Every code block of README.rst, of the documentation (docs/) and of the
+docstrings it renders works as pasted.
 
 A ``.. code-block:: python`` block runs in a fresh interpreter, in an empty
 directory; one that defines ``test_`` functions is a test file, run by
@@ -11,6 +12,8 @@ commands at the top are the ones CI runs.
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import os
 import re
 import shlex
@@ -28,13 +31,13 @@ README = ROOT / "README.rst"
 
 class Block(NamedTuple):
     language: str  # "python", "console", or "" for a literal block
-    line: int  # of the directive, or of the paragraph ending in "::"
+    where: str  # file:line of the directive, or of the paragraph ending in "::"
     text: str
 
 
-def blocks(path: Path) -> list[Block]:
-    """The code blocks of a reStructuredText file, dedented."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+def blocks(text: str, source: str, first_line: int = 1) -> list[Block]:
+    """The code blocks of reStructuredText ``text``, dedented."""
+    lines = text.splitlines()
     found = []
     for number, line in enumerate(lines):
         directive = re.match(r"\s*\.\. code-block:: *(\w+)", line)
@@ -52,11 +55,39 @@ def blocks(path: Path) -> list[Block]:
             body.append(following)
         text = "\n".join(body).strip("\n")
         margin = min(len(b) - len(b.lstrip()) for b in body if b.strip())
-        found.append(Block(language, number + 1, "\n".join(b[margin:] for b in text.split("\n"))))
+        code = "\n".join(b[margin:] for b in text.split("\n"))
+        found.append(Block(language, f"{source}:{first_line + number}", code))
     return found
 
 
-BLOCKS = blocks(README)
+def _documented_modules() -> list[str]:
+    """The modules whose docstrings the documentation renders (automodule)."""
+    names = set()
+    for page in sorted((ROOT / "docs").rglob("*.rst")):
+        names.update(re.findall(r"^\.\. automodule:: (\S+)", page.read_text(), re.MULTILINE))
+    return sorted(names)
+
+
+def _all_blocks() -> list[Block]:
+    found = blocks(README.read_text(encoding="utf-8"), "README.rst")
+    for page in sorted((ROOT / "docs").rglob("*.rst")):
+        found += blocks(page.read_text(encoding="utf-8"), str(page.relative_to(ROOT)))
+    for name in _documented_modules():
+        if name == "atfork.pytest_plugin":
+            continue  # needs pytest, which the documentation does not
+        module = importlib.import_module(name)
+        documented = [(name, module)]
+        documented += [(f"{name}.{member}", getattr(module, member)) for member in module.__all__]
+        for qualified, obj in documented:
+            doc = inspect.getdoc(obj) if inspect.isroutine(obj) or inspect.isclass(obj) else None
+            doc = module.__doc__ if obj is module else doc
+            if doc:
+                found += blocks(inspect.cleandoc(doc), f"{qualified} docstring")
+    return found
+
+
+BLOCKS = _all_blocks()
+README_BLOCKS = [b for b in BLOCKS if b.where.startswith("README.rst:")]
 
 
 def _ids(kind: str) -> list[Block]:
@@ -71,14 +102,17 @@ def _environment() -> dict[str, str]:
 
 
 def test_the_readme_has_blocks_of_each_kind() -> None:
-    """The parser finds the README's blocks (a parser that finds none would pass every test)."""
-    assert {"python", "console", ""} <= {b.language for b in BLOCKS}
-    assert len(_ids("python")) >= 5
+    """The parser finds the README's blocks and the documented modules (finding none passes all)."""
+    assert {"python", "console", ""} <= {b.language for b in README_BLOCKS}
+    assert len([b for b in README_BLOCKS if b.language == "python"]) >= 5
+    assert "atfork.integrations.threading" in _documented_modules()
 
 
 def test_ci_runs_the_readme_test_command() -> None:
     """The README shows the two commands, and .ci/run runs exactly its test command."""
-    commands = [b.text for b in BLOCKS if b.language == "" and b.text.startswith("python -m pip")]
+    commands = [
+        b.text for b in README_BLOCKS if b.language == "" and b.text.startswith("python -m pip")
+    ]
     assert [
         "python -m pip install . && python -m atfork demo",
         "python -m pip install tox && python -m tox",
@@ -87,7 +121,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert commands[1] == ci[-1]
 
 
-@pytest.mark.parametrize("block", _ids("python"), ids=lambda b: f"line {b.line}")
+@pytest.mark.parametrize("block", _ids("python"), ids=lambda b: b.where)
 def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     """The block runs to its end in a fresh interpreter (under pytest if it holds tests)."""
     if re.search(r"^def test_", block.text, re.MULTILINE):
@@ -112,7 +146,7 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
         timeout=120,
         check=False,
     )
-    assert 0 == done.returncode, f"README.rst line {block.line}:\n{done.stdout}\n{done.stderr}"
+    assert 0 == done.returncode, f"{block.where}:\n{done.stdout}\n{done.stderr}"
 
 
 def _line_matches(expected: str, actual: str) -> bool:
@@ -159,7 +193,7 @@ def _sessions(text: str) -> list[tuple[str, list[str]]]:
     return sessions
 
 
-@pytest.mark.parametrize("block", _ids("console"), ids=lambda b: f"line {b.line}")
+@pytest.mark.parametrize("block", _ids("console"), ids=lambda b: b.where)
 def test_console_block_prints_what_it_shows(block: Block) -> None:
     """Each command of the block prints the lines shown below it (stdout and stderr, in order)."""
     for command, expected in _sessions(block.text):
@@ -176,6 +210,4 @@ def test_console_block_prints_what_it_shows(block: Block) -> None:
             check=False,
         )
         actual = done.stdout.splitlines()
-        assert _matches(expected, actual), (
-            f"README.rst line {block.line}: $ {command}\n{done.stdout}"
-        )
+        assert _matches(expected, actual), f"{block.where}: $ {command}\n{done.stdout}"
