@@ -1,4 +1,5 @@
-"""The servers the db integration's tests use, and a runner for scenarios.
+"""The servers the integration tests use (the db integration's, and
+Celery's broker), and a runner for scenarios.
 
 Settings come from environment variables (tox passes ``ATFORK_*`` on):
 
@@ -17,6 +18,10 @@ variable                  default         what
 ``ATFORK_MYSQL_USER``     ``root``        MySQL user
 ``ATFORK_MYSQL_PASSWORD`` (empty)         MySQL password
 ``ATFORK_MYSQL_DATABASE`` ``test``        MySQL database
+``ATFORK_AMQP_HOST``      ``127.0.0.1``   RabbitMQ host
+``ATFORK_AMQP_PORT``      ``5672``        RabbitMQ port
+``ATFORK_AMQP_USER``      ``guest``       RabbitMQ user
+``ATFORK_AMQP_PASSWORD``  ``guest``       RabbitMQ password
 ========================  ==============  ===========================
 
 A test whose server does not answer, or whose driver is not installed,
@@ -67,7 +72,13 @@ MYSQL: dict[str, Any] = {
     "password": _env("ATFORK_MYSQL_PASSWORD", ""),
     "database": _env("ATFORK_MYSQL_DATABASE", "test"),
 }
-SERVERS = {"postgresql": PG, "redis": REDIS, "mysql": MYSQL}
+AMQP: dict[str, Any] = {
+    "host": _env("ATFORK_AMQP_HOST", "127.0.0.1"),
+    "port": int(_env("ATFORK_AMQP_PORT", "5672")),
+    "user": _env("ATFORK_AMQP_USER", "guest"),
+    "password": _env("ATFORK_AMQP_PASSWORD", "guest"),
+}
+SERVERS = {"postgresql": PG, "redis": REDIS, "mysql": MYSQL, "rabbitmq": AMQP}
 
 
 def load(module: str) -> Any:
