@@ -480,6 +480,8 @@ def _db_findings(
             owned.add(id(conn))
             pool = getattr(record, "_ConnectionRecord__pool", None)
             by_pool.setdefault(id(pool), []).append(record)
+    for pool in heap.of(*pools):  # psycopg_pool's: each answers for its idle connections
+        owned.update(map(id, vars(pool).get("_pool", ())))
     # redis-py's pools drop inherited connections themselves: only a
     # PubSub's, a single-connection client's and a bare connection are at risk.
     pooled: set[int] = set()
