@@ -17,11 +17,21 @@ import importlib.util
 import os
 import runpy
 import sys
+from typing import Any, NamedTuple
 
 from atfork import integrations
 from atfork.integrations import VARIABLE, one_line, split_names
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = [
+    "HELP",
+    "TARGET_USAGE",
+    "Program",
+    "add_arguments",
+    "add_target",
+    "execute",
+    "run",
+    "target",
+]
 
 HELP = "run a program with integrations enabled (like python [-m MODULE | SCRIPT])"
 
@@ -30,18 +40,23 @@ HELP = "run a program with integrations enabled (like python [-m MODULE | SCRIPT
 DEFAULT = tuple(name for name in integrations.BUILTIN if name != "uwsgi")
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.usage = "%(prog)s [--enable NAMES]... (-m MODULE | [--] SCRIPT) [ARGS...]"
-    parser.add_argument(
-        "--enable",
-        action="append",
-        metavar="NAMES",
-        help=(
-            "integrations to enable, separated by commas; given more than once, the "
-            "names of each are enabled (default: $ATFORK_INTEGRATIONS, "
-            f"else {','.join(DEFAULT)})"
-        ),
-    )
+#: How a command that runs a program as ``python`` would names it, in its usage.
+TARGET_USAGE = "(-m MODULE | [--] SCRIPT) [ARGS...]"
+
+
+class Program(NamedTuple):
+    """A program named on the command line: a script or a module, and the
+    arguments that follow it."""
+
+    #: The script's path as given, or the module's name.
+    name: str
+    args: list[str]
+    module: bool
+
+
+def add_target(parser: argparse.ArgumentParser, command: str) -> None:
+    """The arguments that name the program, as ``python`` takes them:
+    ``-m MODULE`` or ``SCRIPT``, and everything after it for the program."""
     parser.add_argument(
         "-m",
         dest="module",
@@ -54,8 +69,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs=argparse.REMAINDER,
         metavar="SCRIPT [ARGS]",
         help="a Python file to run; what follows is its arguments (a -- before it ends "
-        "the options of run)",
+        f"the options of {command})",
     )
+
+
+def target(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Program:
+    """The program :func:`add_target` read; a bad one is a usage error."""
+    if args.module is not None:
+        if not args.module:
+            parser.error("-m needs a MODULE")
+        # argparse ends the arguments of -m at a "--" and gives it, and what
+        # follows, to SCRIPT: they are the module's arguments.
+        module: list[str] = [*args.module, *args.script]
+        if importlib.util.find_spec(module[0]) is None:
+            parser.error(f"no module named {module[0]!r}")
+        return Program(module[0], module[1:], True)
+    # A "--" before the script ends the options of the command (argparse keeps it).
+    script: list[str] = args.script[1:] if args.script[:1] == ["--"] else args.script
+    if not script:
+        parser.error("a SCRIPT or -m MODULE is required")
+    if not os.path.isfile(script[0]):
+        parser.error(f"no such file: {script[0]!r}")
+    return Program(script[0], script[1:], False)
+
+
+def execute(program: Program, run_name: str) -> dict[str, Any]:
+    """Run ``program`` as ``python`` would, as a module named ``run_name``;
+    return its namespace (a copy, from :mod:`runpy`). ``sys.argv`` is
+    ``[SCRIPT, *ARGS]``, or for a module ``[its file, *ARGS]``, as with
+    ``python -m``, and stays so. Whatever the program raises propagates."""
+    sys.argv = [program.name, *program.args]
+    if program.module:
+        namespace = runpy.run_module(program.name, run_name=run_name, alter_sys=True)
+        # runpy puts the module's name back once the module ran.
+        sys.argv[0] = namespace.get("__file__") or program.name
+        return namespace
+    sys.path[0] = os.path.dirname(os.path.abspath(program.name))
+    return runpy.run_path(program.name, run_name=run_name)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.usage = f"%(prog)s [--enable NAMES]... {TARGET_USAGE}"
+    parser.add_argument(
+        "--enable",
+        action="append",
+        metavar="NAMES",
+        help=(
+            "integrations to enable, separated by commas; given more than once, the "
+            "names of each are enabled (default: $ATFORK_INTEGRATIONS, "
+            f"else {','.join(DEFAULT)})"
+        ),
+    )
+    add_target(parser, "run")
 
 
 def _names(parser: argparse.ArgumentParser, values: list[str] | None) -> list[str]:
@@ -74,32 +139,11 @@ def _names(parser: argparse.ArgumentParser, values: list[str] | None) -> list[st
 def run(args: argparse.Namespace) -> int:
     parser: argparse.ArgumentParser = args.parser
     chosen = _names(parser, args.enable)
-    if args.module is not None:
-        if not args.module:
-            parser.error("-m needs a MODULE")
-        # argparse ends the arguments of -m at a "--" and gives it, and what
-        # follows, to SCRIPT: they are the module's arguments.
-        module: list[str] = [*args.module, *args.script]
-        program, *program_args = module
-        if importlib.util.find_spec(program) is None:
-            parser.error(f"no module named {program!r}")
-    else:
-        # A "--" before the script ends the options of run (argparse keeps it).
-        script: list[str] = args.script[1:] if args.script[:1] == ["--"] else args.script
-        if not script:
-            parser.error("a SCRIPT or -m MODULE is required")
-        program, *program_args = script
-        if not os.path.isfile(program):
-            parser.error(f"no such file: {program!r}")
+    program = target(parser, args)
     try:
         integrations.enable(*chosen)
     except Exception as error:  # noqa: BLE001  (any failure to enable is a usage error)
         parser.error(one_line(error))
     os.environ[VARIABLE] = ",".join(chosen)
-    sys.argv = [program, *program_args]
-    if args.module is not None:
-        runpy.run_module(program, run_name="__main__", alter_sys=True)
-    else:
-        sys.path[0] = os.path.dirname(os.path.abspath(program))
-        runpy.run_path(program, run_name="__main__")
+    execute(program, "__main__")
     return 0
