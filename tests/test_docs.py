@@ -199,11 +199,16 @@ def test_console_block_prints_what_it_shows(block: Block) -> None:
     """Each command of the block prints the lines shown below it (stdout and stderr, in order)."""
     for command, expected in _sessions(block.text):
         argv = shlex.split(command)
+        env = _environment()
+        env.pop("PYTHONUNBUFFERED", None)  # a user's terminal: streams buffered as usual
+        while "=" in argv[0]:  # NAME=value before the command
+            name, _, value = argv.pop(0).partition("=")
+            env[name] = value
         assert "python" == argv[0], command
         done = subprocess.run(
             [sys.executable, *argv[1:]],
             cwd=ROOT,
-            env=_environment(),
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
