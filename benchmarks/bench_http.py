@@ -2,12 +2,13 @@
 httpx.Client, each with three pooled TLS connections, against a bare fork of
 the same process.
 
-Both modes build the same objects in a fresh interpreter (the Session and
+Every mode builds the same objects in a fresh interpreter (the Session and
 the Client, three keep-alive TLS connections each to a local HTTPS server
 that ``tests/integrations/http_servers.py`` starts, with a certificate made
-by trustme) so that every mode copies the same memory; in the ``http`` mode
-``atfork.integrations.http`` is enabled before the libraries are imported,
-and finds the connections itself. It measures:
+by trustme) so that every mode copies the same memory. ``bare`` registers
+no hook, ``atfork`` one no-op child hook (what atfork's dispatch costs by
+itself), and ``http`` enables ``atfork.integrations.http`` before the
+libraries are imported, which finds the connections itself. It measures:
 
 * parent: from the ``os.fork()`` call to its return in the parent;
 * child-ready: from the ``os.fork()`` call to the child having run its
@@ -16,8 +17,9 @@ and finds the connections itself. It measures:
 * the page faults the parent took per fork.
 
 The modes take turns over several rounds in shuffled order; the report gives
-the median over rounds of each run's median, and the ratio http / bare.
-Needs the test extra (``python -m pip install '.[test]'``). Run
+the median over rounds of each run's median, and the ratios of http to the
+bare fork and to atfork's dispatch alone. Needs the test extra
+(``python -m pip install '.[test]'``). Run
 ``python benchmarks/bench_http.py --help``.
 """
 
@@ -38,15 +40,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integ
 
 from http_servers import start
 
-MODES = ("bare", "http")
+# bare: no hook at all; atfork: atfork's dispatch with one no-op child
+# hook, at the integration's priority; http: the integration.
+MODES = ("bare", "atfork", "http")
 CONNECTIONS = 3
 
 
 def measure(mode: str, forks: int, https: str, ca: str) -> tuple[float, float, float]:
     """In this interpreter: build the objects and return the median latencies
     (ns) and page faults of ``fork_latency.time_forks``."""
-    from atfork.integrations import http
+    import atfork
+    from atfork.integrations import PRIORITY_HTTP, http
 
+    if mode == "atfork":
+        atfork.atfork(child=lambda: None, priority=PRIORITY_HTTP)
     if mode == "http":
         http.enable()  # before the imports: the connections are found, not tracked
     import httpx
@@ -101,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
 
     what = f"a requests.Session and an httpx.Client ({CONNECTIONS} TLS connections each)"
     report_against_bare(what, args.rounds, args.forks, median, "http")
+    ratios = [median["http"][f] / median["atfork"][f] for f in (0, 1)]
+    print(f"ratio http / atfork's dispatch: parent {ratios[0]:.3f}, child-ready {ratios[1]:.3f}")
     return 0
 
 

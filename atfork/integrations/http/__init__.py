@@ -5,15 +5,17 @@ What breaks without it
     A forked child inherits every connection its parent's HTTP clients keep
     alive in their pools, and its next request to the same host takes one
     of them (requests #4323 and #1906, urllib3 #850). Measured here with
-    ``requests.Session`` (urllib3 2.x and 1.26) and ``httpx.Client`` on
-    CPython 3.9 to 3.14: over plain HTTP the child's request goes out on
-    the parent's connection, and when both processes have a request in
-    flight on it the parent reads the child's response; over TLS the
-    child's request goes out with a copy of the parent's TLS state, and the
-    parent's next request then fails (requests: ``SSLError`` ...
-    ``DECRYPTION_FAILED_OR_BAD_RECORD_MAC``; httpx: ``ReadError``), since
-    the two processes encrypt with the same record sequence numbers.
-    botocore (and so boto3) pools through urllib3 and shares its fate.
+    ``requests.Session`` (urllib3 2.x and 1.26), ``httpx.Client`` and a
+    botocore S3 client, on CPython 3.9, 3.11, 3.13 and 3.14t: over plain
+    HTTP the child's request goes out on the parent's connection; over TLS
+    it goes out with a copy of the parent's TLS state, and the parent's next
+    request then fails (requests and botocore: ``SSLError`` ...
+    ``DECRYPTION_FAILED_OR_BAD_RECORD_MAC``; httpx: ``ReadError``), the two
+    processes having used the same record sequence numbers; with a request
+    of each in flight, the parent reads the child's response, over HTTP and
+    TLS alike. A child that shuts an inherited socket down ends the parent's
+    connection. botocore (and so boto3) pools through urllib3 and shares its
+    fate.
 
 What the libraries and the standard library do
     Nothing about fork, on any version checked: urllib3 1.26 and 2.x,
