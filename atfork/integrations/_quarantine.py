@@ -96,15 +96,24 @@ class _Entry:
 class Registry:
     """The objects one integration quarantines in each child."""
 
-    __slots__ = ("entries",)
+    __slots__ = ("_taken", "_version", "entries")
 
     def __init__(self) -> None:
         self.entries: dict[int, _Entry] = {}
+        # Every change of ``entries`` makes a new version; take() copies the
+        # entries once per version (the tag read before the copy, so that a
+        # change the copy missed makes it stale).
+        self._version = object()
+        self._taken: tuple[object, tuple[tuple[int, _Entry], ...]] = (None, ())
+
+    def _changed(self) -> None:
+        self._version = object()
 
     def _forget(self, key: int, ref: weakref.ref[Any]) -> None:
         entry = self.entries.get(key)
         if entry is not None and entry.get is ref:
             self.entries.pop(key, None)
+            self._changed()
 
     def register(
         self,
@@ -127,39 +136,60 @@ class Registry:
             auto = auto and old.auto
         get = ref_or_strong(obj, functools.partial(self._forget, key))  # sqlite3: strong
         self.entries[key] = _Entry(get, quarantine, auto, keep, alive)
+        self._changed()
 
     def forget_auto(self) -> None:
         """Drop the registrations made by enable()'s discovery."""
         for key, entry in list(self.entries.items()):
             if entry.auto:
                 self.entries.pop(key, None)
+        self._changed()
 
     def prune(self) -> None:
         """Release strongly held objects that were closed since (parent side)."""
         for key, entry in list(self.entries.items()):
             if entry.alive is not None and not entry.alive(entry.get()):
                 self.entries.pop(key, None)
+                self._changed()
 
     def tracked_count(self) -> int:
         return len(self.entries)
 
-    def quarantine_all(self) -> None:
-        """The child pass: quarantine every live registered object.
+    def take(self) -> None:
+        """In prepare: copy the entries for the child pass (a copy per
+        version of them, so mostly none). With ``quarantine_all(taken=True)``
+        the child then never reads the parent's dict: on the free-threaded
+        build its lock may be held there by a thread the child does not have
+        (one registering a connection at the fork)."""
+        version, _ = self._taken
+        if version is not self._version:
+            version = self._version  # before the copy
+            self._taken = (version, tuple(self.entries.copy().items()))
+
+    def quarantine_all(self, *, taken: bool = False) -> None:
+        """The child pass: quarantine every live registered object (those
+        :meth:`take` copied, with ``taken``; the child then gets a dict of
+        its own).
 
         One failure does not stop the others; the first is raised at the end
         so that atfork reports it through ``sys.unraisablehook``.
         """
+        # A copy: a weak reference callback run by the garbage collector
+        # during the loop may change the dict.
+        items = self._taken[1] if taken else tuple(self.entries.items())
+        if taken:
+            self.entries = dict(items)
+            self._changed()
         neutralise = Neutraliser()
         error: Exception | None = None
         try:
-            # A copy: a weak reference callback run by the garbage collector
-            # during the loop may change the dict.
-            for key, entry in list(self.entries.items()):
+            for key, entry in items:
                 obj = entry.get()
                 if obj is None:
                     continue
                 if not entry.keep:
                     self.entries.pop(key, None)
+                    self._changed()
                 try:
                     entry.quarantine(obj, neutralise)
                 except Exception as exc:  # noqa: BLE001  (reported after the others ran)

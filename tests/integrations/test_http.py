@@ -17,12 +17,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from free_threading import FREE_THREADED
 from http_servers import Servers, scenario, start
 
 import atfork.integrations
 from atfork._registry import registry
 from atfork.integrations import PRIORITY_HTTP, http
-from atfork.testing import run_python
+from atfork.testing import run_in_child, run_python
 
 LIBRARIES = ["requests", "httpx"]
 SCHEMES = ["HTTP", "HTTPS"]
@@ -89,7 +90,7 @@ def test_enable_and_disable_are_idempotent() -> None:
 
 def test_enable_registers_one_hook_at_the_http_priority() -> None:
     """The fork hook is registered once, through atfork.atfork(), with
-    PRIORITY_HTTP, and only for the child."""
+    PRIORITY_HTTP; disable() removes it when nothing is tracked."""
     http.enable()
     http.enable()
     hooks = [h for h in registry.hooks() if "atfork.integrations.http" in repr(h)]
@@ -108,6 +109,37 @@ def test_track_refuses_what_it_cannot_quarantine(bad: object) -> None:
     with pytest.raises(TypeError, match=r"track\(\) takes a urllib3 PoolManager.* not "):
         http.track(bad)
     assert not [h for h in registry.hooks() if "atfork.integrations.http" in repr(h)]
+
+
+class _Pooled:
+    """Stands for a pool: weakly referenceable."""
+
+
+def test_prepare_copies_the_registry_once_per_change() -> None:
+    """On the free-threaded build prepare copies the registry, only when it
+    changed since the last copy, and the child's pass reads that copy and
+    gets a dict of its own, so it never touches the parent's; with the GIL
+    the child reads the registry itself."""
+    reg = http._registry
+    seen: list[object] = []
+    pool = _Pooled()
+    reg.register(pool, lambda obj, neutralise: seen.append(obj), auto=False, keep=True)
+    reg.take()
+    first = reg._taken[1]
+    reg.take()
+    assert first is reg._taken[1]
+    other = _Pooled()
+    reg.register(other, lambda obj, neutralise: seen.append(obj), auto=False, keep=True)
+    reg.take()
+    assert first is not reg._taken[1]
+    http._ensure_hook()
+    parents = reg.entries
+
+    def child() -> tuple[int, bool, bool]:
+        return len(seen), reg.entries is not parents, set(reg.entries) == set(parents)
+
+    assert (2, FREE_THREADED, True) == run_in_child(child)
+    assert [] == seen  # the parent quarantined nothing
 
 
 IMPORTS_NOTHING = """

@@ -33,26 +33,31 @@ What the libraries and the standard library do
     either, and makes sure nothing in the child can.
 
 What this module does
-    prepare, parent: nothing. child: every inherited connection it knows
-    of is quarantined with the db integration's machinery
-    (:mod:`atfork.integrations._quarantine`): the socket's descriptor is
-    replaced by ``/dev/null`` with ``dup2``, a system call per connection
-    and no lock, network or import. Whatever the child then does with the
-    client (a request, ``close()``, garbage collection, exit) reads,
-    writes, shuts down and closes ``/dev/null``, never the parent's
-    connection, and the pool's own check above finds the connection
-    dropped and opens one of the child's own: urllib3 at once (the poll
-    answers readable), httpcore because the connection's keep-alive
-    deadline is also put in the past. The parent is never touched, so its
-    connections keep working without a reconnect.
+    prepare, on the free-threaded build only: a copy of the registry of
+    what it found, made again only when that changed, so that the child
+    never reads the parent's dict (another thread registering a connection
+    at the fork could leave the dict's lock held in the child; with the GIL
+    it cannot). parent: nothing.
+
+    child: every inherited connection it knows of is quarantined with the
+    db integration's machinery (:mod:`atfork.integrations._quarantine`):
+    the socket's descriptor is replaced by ``/dev/null`` with ``dup2``, a
+    system call per connection and no lock, network or import. Whatever the
+    child then does with the client (a request, ``close()``, garbage
+    collection, exit) reads, writes, shuts down and closes ``/dev/null``,
+    never the parent's connection, and the pool's own check above finds the
+    connection dropped and opens one of the child's own: urllib3 at once
+    (the poll answers readable), httpcore because the connection's
+    keep-alive deadline is also put in the past. The parent is never
+    touched, so its connections keep working without a reconnect.
 
     An ``httpx.AsyncClient`` (httpcore's ``AsyncConnectionPool``, AnyIO
     streams) has its sockets neutralised and its connections expired the
-    same way: the child's close, garbage collection and exit are harmless,
-    and a child that goes on running the event loop it inherited (a fork
-    from a coroutine) gets fresh connections. Using the client from a new
-    event loop in the child is not made to work: its old connections belong
-    to the parent's loop.
+    same way: the child's ``aclose()``, garbage collection and exit are
+    harmless, and a request the child makes from an event loop of its own
+    goes out on a connection of its own. The loop the child inherited
+    cannot run there (anyio finds no running loop), and, as in the parent,
+    a connection belongs to the loop that opened it.
 
 :func:`enable` finds connections by itself, without importing any client
 library: it acts when the program imports one, wrapping the constructors
@@ -68,6 +73,7 @@ registry. :func:`track` covers one pool or client, whether or not
 from __future__ import annotations
 
 import functools
+import sysconfig
 from typing import Callable, TypeVar
 
 import atfork
@@ -90,17 +96,30 @@ _hook: atfork.Hook | None = None
 _enabled = False
 
 
-# -- prepare, parent: nothing. child ---------------------------------------------
+# -- prepare (free-threaded build): a copy of the registry, once per change. child --
+
+# With the GIL no other thread can be half way through a dict operation at the
+# fork: the child reads the registry itself, and the parent does nothing.
+_FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def _prepare() -> None:
+    _registry.take()
 
 
 def _child() -> None:
-    _registry.quarantine_all()
+    _registry.quarantine_all(taken=_FREE_THREADED)
 
 
 def _ensure_hook() -> None:
     global _hook
     if _hook is None or not _hook.active:
-        _hook = atfork.atfork(child=_child, priority=PRIORITY_HTTP, name="atfork.integrations.http")
+        _hook = atfork.atfork(
+            prepare=_prepare if _FREE_THREADED else None,
+            child=_child,
+            priority=PRIORITY_HTTP,
+            name="atfork.integrations.http",
+        )
 
 
 # -- public API ---------------------------------------------------------------------
