@@ -26,7 +26,7 @@ import os
 import sys
 import warnings
 
-from fork_latency import medians, time_forks  # the same measurement
+from fork_latency import medians, report_against_bare, time_forks  # the same measurement
 
 MODES = ("bare", "db")
 
@@ -87,17 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     by_case = medians(__file__, [(mode,) for mode in MODES], args.rounds, args.forks)
     median = {mode: by_case[(mode,)] for mode in MODES}
 
-    print(
-        f"CPython {sys.version.split()[0]}, {args.rounds} rounds x {args.forks} forks, "
-        "two engines (3 connections each) and a pool (4 connections), "
-        "median of per-run medians (us)"
-    )
-    print(f"{'mode':<8}{'parent':>10}{'child-ready':>13}{'faults':>8}")
-    for mode in MODES:
-        parent, child, faults = median[mode]
-        print(f"{mode:<8}{parent / 1e3:>10.1f}{child / 1e3:>13.1f}{faults:>8.0f}")
-    ratios = [median["db"][f] / median["bare"][f] for f in (0, 1)]
-    print(f"\nratio db / bare fork: parent {ratios[0]:.3f}, child-ready {ratios[1]:.3f}")
+    what = "two engines (3 connections each) and a pool (4 connections)"
+    report_against_bare(what, args.rounds, args.forks, median, "db")
     return 0
 
 

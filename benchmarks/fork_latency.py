@@ -119,6 +119,22 @@ def medians(
     }
 
 
+def report_against_bare(
+    what: str, rounds: int, forks: int, median: dict[str, tuple[float, ...]], mode: str
+) -> None:
+    """Print the figures of every mode of ``median`` (each the median over
+    rounds, in ns), with the ratio of ``mode`` to the bare fork."""
+    print(
+        f"CPython {sys.version.split()[0]}, {rounds} rounds x {forks} forks, {what}, "
+        "median of per-run medians (us)"
+    )
+    print(f"{'mode':<8}{'parent':>10}{'child-ready':>13}{'faults':>8}")
+    for name, (parent, child, faults) in median.items():
+        print(f"{name:<8}{parent / 1e3:>10.1f}{child / 1e3:>13.1f}{faults:>8.0f}")
+    ratios = [median[mode][f] / median["bare"][f] for f in (0, 1)]
+    print(f"\nratio {mode} / bare fork: parent {ratios[0]:.3f}, child-ready {ratios[1]:.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15, help="shuffled rounds (15)")

@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 __all__ = [
     "BUILTIN",
     "PRIORITY_DB",
+    "PRIORITY_HTTP",
     "PRIORITY_LOGGING",
     "PRIORITY_RANDOM",
     "PRIORITY_STDIO",
@@ -34,7 +35,7 @@ __all__ = [
 
 #: The built-in integrations, by name: each is the module
 #: ``atfork.integrations.NAME``.
-BUILTIN: tuple[str, ...] = ("db", "logging", "random", "stdio", "threading", "uwsgi")
+BUILTIN: tuple[str, ...] = ("db", "http", "logging", "random", "stdio", "threading", "uwsgi")
 
 ENTRY_POINT_GROUP = "atfork.integrations"
 
@@ -52,6 +53,7 @@ PRIORITY_STDIO = 1300
 PRIORITY_LOGGING = 1200
 PRIORITY_RANDOM = 1100
 PRIORITY_DB = 1000
+PRIORITY_HTTP = 900
 
 
 class Integration(Protocol):

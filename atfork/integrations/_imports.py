@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from types import ModuleType
 from typing import Any, Callable
 
-__all__ = ["when_imported"]
+__all__ = ["imported_type", "when_imported"]
 
 _lock = threading.RLock()
 _waiting: dict[str, list[Callable[[ModuleType], None]]] = {}
@@ -35,6 +35,13 @@ def when_imported(name: str, func: Callable[[ModuleType], None]) -> None:
                 sys.meta_path.insert(0, _finder)
             return
     func(module)
+
+
+def imported_type(module: str, name: str) -> type | None:
+    """The class ``module.name`` if that module is imported, else None
+    (nothing is imported)."""
+    found = getattr(sys.modules.get(module), name, None)
+    return found if isinstance(found, type) else None
 
 
 class _Loader(importlib.abc.Loader):

@@ -46,6 +46,7 @@ from typing import Any
 
 import pytest
 from free_threading import FREE_THREADED, NEEDS_GIL
+from scenario_fork import FORK_HELPERS
 
 from atfork.testing import run_python
 
@@ -127,49 +128,7 @@ if ATFORK:
     db.enable()
 
 
-def report(result):
-    print("RESULT " + json.dumps(result), flush=True)
-
-
-def fork(child):
-    # Run child() in a forked child; its return value comes back as JSON.
-    # A child that must exit through the interpreter's normal shutdown
-    # raises SystemExit itself after send().
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        # A child that hangs (waiting for a reply its parent took) must not
-        # outlive the scenario: it holds the scenario's output pipes.
-        signal.alarm(CHILD_ALARM)
-        os.close(read)
-        try:
-            result = child(lambda value: os.write(write, json.dumps(value).encode()))
-        except Exception as exc:
-            os.write(write, json.dumps({{"error": repr(exc)}}).encode())
-        else:
-            if result is not None:
-                os.write(write, json.dumps(result).encode())
-        os._exit(0)
-    os.close(write)
-    return pid, read
-
-
-def join(pid, read, timeout=20):
-    code = wait_child(pid, timeout=timeout)
-    return code, read_report(read)
-
-
-def read_report(read):
-    # What the child sent (None if nothing), once it has exited.
-    data = b""
-    while True:
-        chunk = os.read(read, 65536)
-        if not chunk:
-            break
-        data += chunk
-    os.close(read)
-    return json.loads(data) if data else None
-
+{fork_helpers}
 
 def error_name(exc):
     return type(exc).__name__
@@ -205,7 +164,12 @@ def source(body: str, *, atfork: bool, child_alarm: int = 20) -> str:
     """The prelude and ``body``; a forked child is killed by SIGALRM after
     ``child_alarm`` seconds."""
     prelude = _PRELUDE.format(
-        pg=PG, redis=REDIS, mysql=MYSQL, atfork=atfork, child_alarm=child_alarm
+        pg=PG,
+        redis=REDIS,
+        mysql=MYSQL,
+        atfork=atfork,
+        child_alarm=child_alarm,
+        fork_helpers=FORK_HELPERS,
     )
     return prelude + textwrap.dedent(body)
 

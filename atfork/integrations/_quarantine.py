@@ -1,0 +1,297 @@
+"""Cutting a child off from the sockets it inherited: the tools the db and
+http integrations share.
+
+A quarantined descriptor is replaced by ``/dev/null`` with ``dup2``
+(:class:`Neutraliser`): the descriptor number stays valid in the child, so
+whatever the library does with it later (send, receive, shutdown, close,
+garbage collection, exit) acts on ``/dev/null`` and never on the parent's
+connection, while the parent's copy is untouched.
+
+A :class:`Registry` maps ``id(obj)`` to an entry: a (weak, where the type
+allows) reference to a connection, pool or client, and the function that
+quarantines it in a child. Registration is a dict assignment, atomic under
+the GIL, so it takes no lock and is safe from any thread. The child pass
+reads a copy of the dict; it runs alone (the child has one thread). Each
+integration has a registry and a :class:`Patches` of its own, so that
+disabling one leaves the other's alone.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import weakref
+from typing import Any, Callable, TypeVar
+
+from atfork._refs import ref_or_strong
+
+__all__ = [
+    "Neutraliser",
+    "Patches",
+    "Quarantine",
+    "Registry",
+    "leak",
+    "per_type",
+    "prepare_leak",
+    "registering_init",
+]
+
+
+class Neutraliser:
+    """Replaces a descriptor by ``/dev/null``, opened once per child pass.
+
+    After ``dup2`` the descriptor number still exists, so the library's own
+    close, shutdown or finaliser later acts on ``/dev/null``: a send or a
+    shutdown fails (ENOTSOCK) and nothing reaches the parent's connection,
+    while the parent's copy of the socket is untouched.
+    """
+
+    __slots__ = ("_null",)
+
+    def __init__(self) -> None:
+        self._null = -1
+
+    def __call__(self, fd: int) -> None:
+        if fd < 0:  # closed socket objects report -1
+            return
+        if self._null < 0:
+            self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        os.dup2(self._null, fd, inheritable=False)
+
+    def close(self) -> None:
+        if self._null >= 0:
+            os.close(self._null)
+            self._null = -1
+
+
+#: ``quarantine(obj, neutralise)``: called in the child for each live entry.
+Quarantine = Callable[[Any, Neutraliser], None]
+
+R = TypeVar("R")
+
+
+class _Entry:
+    __slots__ = ("alive", "auto", "get", "keep", "quarantine")
+
+    def __init__(
+        self,
+        get: Callable[[], object],
+        quarantine: Quarantine,
+        auto: bool,
+        keep: bool,
+        alive: Callable[[Any], bool] | None,
+    ) -> None:
+        self.get = get
+        self.quarantine = quarantine
+        #: Registered by enable()'s discovery (dropped by disable()), not by track().
+        self.auto = auto
+        #: Stays registered in the child (pools, engines, clients, connections
+        #: a pool reuses); a dead connection's entry is dropped once it is
+        #: quarantined.
+        self.keep = keep
+        #: For strongly held objects: False once the object is closed.
+        self.alive = alive
+
+
+class Registry:
+    """The objects one integration quarantines in each child."""
+
+    __slots__ = ("_taken", "_version", "entries")
+
+    def __init__(self) -> None:
+        self.entries: dict[int, _Entry] = {}
+        # Every change of ``entries`` makes a new version; take() copies the
+        # entries once per version (the tag read before the copy, so that a
+        # change the copy missed makes it stale).
+        self._version = object()
+        self._taken: tuple[object, tuple[tuple[int, _Entry], ...]] = (None, ())
+
+    def _changed(self) -> None:
+        self._version = object()
+
+    def _forget(self, key: int, ref: weakref.ref[Any]) -> None:
+        entry = self.entries.get(key)
+        if entry is not None and entry.get is ref:
+            self.entries.pop(key, None)
+            self._changed()
+
+    def register(
+        self,
+        obj: object,
+        quarantine: Quarantine,
+        *,
+        auto: bool,
+        keep: bool = False,
+        alive: Callable[[Any], bool] | None = None,
+    ) -> None:
+        """Quarantine ``obj`` in every child forked from now on.
+
+        ``obj`` is held weakly if its type allows, else strongly until
+        ``alive`` says it is closed (see :meth:`prune`). A ``track()``
+        registration is never downgraded to an automatic one.
+        """
+        key = id(obj)
+        old = self.entries.get(key)
+        if old is not None and old.get() is obj:
+            auto = auto and old.auto
+        get = ref_or_strong(obj, functools.partial(self._forget, key))  # sqlite3: strong
+        self.entries[key] = _Entry(get, quarantine, auto, keep, alive)
+        self._changed()
+
+    def forget_auto(self) -> None:
+        """Drop the registrations made by enable()'s discovery."""
+        for key, entry in list(self.entries.items()):
+            if entry.auto:
+                self.entries.pop(key, None)
+        self._changed()
+
+    def prune(self) -> None:
+        """Release strongly held objects that were closed since (parent side)."""
+        for key, entry in list(self.entries.items()):
+            if entry.alive is not None and not entry.alive(entry.get()):
+                self.entries.pop(key, None)
+                self._changed()
+
+    def tracked_count(self) -> int:
+        return len(self.entries)
+
+    def take(self) -> None:
+        """In prepare: copy the entries for the child pass (a copy per
+        version of them, so mostly none). With ``quarantine_all(taken=True)``
+        the child then never reads the parent's dict: on the free-threaded
+        build its lock may be held there by a thread the child does not have
+        (one registering a connection at the fork)."""
+        version, _ = self._taken
+        if version is not self._version:
+            version = self._version  # before the copy
+            self._taken = (version, tuple(self.entries.copy().items()))
+
+    def quarantine_all(self, *, taken: bool = False) -> None:
+        """The child pass: quarantine every live registered object (those
+        :meth:`take` copied, with ``taken``; the child then gets a dict of
+        its own).
+
+        One failure does not stop the others; the first is raised at the end
+        so that atfork reports it through ``sys.unraisablehook``.
+        """
+        # A copy: a weak reference callback run by the garbage collector
+        # during the loop may change the dict.
+        items = self._taken[1] if taken else tuple(self.entries.items())
+        if taken:
+            self.entries = dict(items)
+            self._changed()
+        neutralise = Neutraliser()
+        error: Exception | None = None
+        try:
+            for key, entry in items:
+                obj = entry.get()
+                if obj is None:
+                    continue
+                if not entry.keep:
+                    self.entries.pop(key, None)
+                    self._changed()
+                try:
+                    entry.quarantine(obj, neutralise)
+                except Exception as exc:  # noqa: BLE001  (reported after the others ran)
+                    error = error or exc
+        finally:
+            neutralise.close()
+        if error is not None:
+            raise error
+
+
+# -- never finalising an object ----------------------------------------------
+
+_incref: Callable[[object], None] | None = None
+_kept: list[object] = []
+
+
+def prepare_leak() -> None:
+    """Make :func:`leak` ready; called in the parent, so a child imports nothing."""
+    global _incref
+    if _incref is None:
+        try:
+            import ctypes
+        except ImportError:  # pragma: no cover  (CPython without ctypes)
+            return
+        _incref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_IncRef", ctypes.pythonapi))
+
+
+def leak(obj: object) -> None:
+    """Keep ``obj`` alive for good: its finaliser never runs in this process,
+    not even at interpreter exit (a reference nobody releases, where a list
+    would be cleared at shutdown)."""
+    if _incref is not None:
+        _incref(obj)
+    else:  # pragma: no cover  (without ctypes: kept until shutdown only)
+        _kept.append(obj)
+
+
+# -- patches installed by enable() -----------------------------------------------
+
+
+class Patches:
+    """The wrappers one integration installed, to be removed by its disable()."""
+
+    __slots__ = ("_done", "_mark")
+
+    def __init__(self, mark: str) -> None:
+        #: The attribute that marks this integration's wrappers.
+        self._mark = mark
+        self._done: list[tuple[Any, str, Any, Any]] = []
+
+    def patch(self, owner: Any, name: str, make: Callable[[Any], Any]) -> None:
+        """Replace ``owner.name`` by ``make(original)`` unless already done."""
+        current = getattr(owner, name)
+        if getattr(current, self._mark, False):
+            return
+        wrapper = make(current)
+        setattr(wrapper, self._mark, True)
+        own = name in vars(owner)
+        setattr(owner, name, wrapper)
+        self._done.append((owner, name, current if own else None, wrapper))
+
+    def unpatch(self) -> None:
+        """Undo every :meth:`patch` whose wrapper is still in place."""
+        while self._done:
+            owner, name, original, wrapper = self._done.pop()
+            if vars(owner).get(name) is wrapper:
+                if original is None:
+                    delattr(owner, name)
+                else:
+                    setattr(owner, name, original)
+
+
+def registering_init(
+    active: Callable[[], bool], track: Callable[..., object]
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """For :meth:`Patches.patch`: an ``__init__`` wrapper that, while
+    ``active()``, registers each new object with ``track(obj, auto=True)``."""
+
+    def make(original: Callable[..., None]) -> Callable[..., None]:
+        @functools.wraps(original)
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            original(self, *args, **kwargs)
+            if active():
+                track(self, auto=True)
+
+        return __init__
+
+    return make
+
+
+def per_type(find: Callable[[Any], R]) -> Callable[[Any], R]:
+    """``find(obj)``, remembered per type. It is first asked in the parent,
+    when an object registers, so a child finds the answer ready."""
+    cache: dict[type, R] = {}
+
+    @functools.wraps(find)
+    def lookup(obj: Any) -> R:
+        kind = type(obj)
+        try:
+            return cache[kind]
+        except KeyError:
+            found = cache[kind] = find(obj)
+            return found
+
+    return lookup
