@@ -13,19 +13,24 @@ quarantines it in a child. Registration is a dict assignment, atomic under
 the GIL, so it takes no lock and is safe from any thread. The child pass
 reads a copy of the dict; it runs alone (the child has one thread). Each
 integration has a registry and a :class:`Patches` of its own, so that
-disabling one leaves the other's alone.
+disabling one leaves the other's alone, and the http and django integrations
+a :class:`ChildPass` each: the hook that runs the child pass.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sysconfig
 import weakref
 from typing import Any, Callable, TypeVar
 
+import atfork
 from atfork._refs import ref_or_strong
 
 __all__ = [
+    "FREE_THREADED",
+    "ChildPass",
     "Neutraliser",
     "Patches",
     "Quarantine",
@@ -198,6 +203,53 @@ class Registry:
             neutralise.close()
         if error is not None:
             raise error
+
+
+# -- the hook: prepare (free-threaded build): a copy of the registry. child --------
+
+#: With the GIL no other thread can be half way through a dict operation at the
+#: fork: the child reads the registry itself, and the parent does nothing.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+class ChildPass:
+    """The hook that quarantines one registry's objects in each child.
+
+    On the free-threaded build its prepare copies the registry, again only
+    when it changed (:meth:`Registry.take`), and the child reads the copy;
+    with the GIL there is no prepare and the child reads the registry.
+    Nothing runs in the parent.
+    """
+
+    __slots__ = ("_hook", "_name", "_priority", "_registry")
+
+    def __init__(self, registry: Registry, *, priority: int, name: str) -> None:
+        self._registry = registry
+        self._priority = priority
+        self._name = name
+        self._hook: atfork.Hook | None = None
+
+    def _prepare(self) -> None:
+        self._registry.take()
+
+    def _child(self) -> None:
+        self._registry.quarantine_all(taken=FREE_THREADED)
+
+    def ensure(self) -> None:
+        """Register the hook unless it is registered."""
+        if self._hook is None or not self._hook.active:
+            self._hook = atfork.atfork(
+                prepare=self._prepare if FREE_THREADED else None,
+                child=self._child,
+                priority=self._priority,
+                name=self._name,
+            )
+
+    def remove(self) -> None:
+        """Unregister the hook, if it is registered."""
+        if self._hook is not None:
+            self._hook.unregister()
+            self._hook = None
 
 
 # -- never finalising an object ----------------------------------------------

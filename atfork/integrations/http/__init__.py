@@ -73,10 +73,8 @@ registry. :func:`track` covers one pool or client, whether or not
 from __future__ import annotations
 
 import functools
-import sysconfig
 from typing import Callable, TypeVar
 
-import atfork
 from atfork.integrations import PRIORITY_HTTP
 from atfork.integrations import _quarantine as q
 from atfork.integrations._imports import imported_type, when_imported
@@ -92,34 +90,11 @@ LIBRARIES: tuple[str, ...] = ("httpcore", "urllib3")
 
 _registry = q.Registry()
 _patches = q.Patches("__atfork_http__")
-_hook: atfork.Hook | None = None
+# prepare (free-threaded build only): a copy of the registry, once per change.
+# parent: nothing. child: the quarantine pass.
+_pass = q.ChildPass(_registry, priority=PRIORITY_HTTP, name="atfork.integrations.http")
+_ensure_hook = _pass.ensure
 _enabled = False
-
-
-# -- prepare (free-threaded build): a copy of the registry, once per change. child --
-
-# With the GIL no other thread can be half way through a dict operation at the
-# fork: the child reads the registry itself, and the parent does nothing.
-_FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
-
-
-def _prepare() -> None:
-    _registry.take()
-
-
-def _child() -> None:
-    _registry.quarantine_all(taken=_FREE_THREADED)
-
-
-def _ensure_hook() -> None:
-    global _hook
-    if _hook is None or not _hook.active:
-        _hook = atfork.atfork(
-            prepare=_prepare if _FREE_THREADED else None,
-            child=_child,
-            priority=PRIORITY_HTTP,
-            name="atfork.integrations.http",
-        )
 
 
 # -- public API ---------------------------------------------------------------------
@@ -172,13 +147,12 @@ def disable() -> None:
 
     .. versionadded:: 0.1
     """
-    global _enabled, _hook
+    global _enabled
     _enabled = False
     _patches.unpatch()
     _registry.forget_auto()
-    if _hook is not None and not _registry.tracked_count():
-        _hook.unregister()
-        _hook = None
+    if not _registry.tracked_count():
+        _pass.remove()
 
 
 def is_enabled() -> bool:
