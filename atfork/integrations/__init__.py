@@ -22,6 +22,7 @@ from typing import Any, Protocol, cast
 __all__ = [
     "BUILTIN",
     "PRIORITY_DB",
+    "PRIORITY_DJANGO",
     "PRIORITY_HTTP",
     "PRIORITY_LOGGING",
     "PRIORITY_RANDOM",
@@ -35,7 +36,16 @@ __all__ = [
 
 #: The built-in integrations, by name: each is the module
 #: ``atfork.integrations.NAME``.
-BUILTIN: tuple[str, ...] = ("db", "http", "logging", "random", "stdio", "threading", "uwsgi")
+BUILTIN: tuple[str, ...] = (
+    "db",
+    "django",
+    "http",
+    "logging",
+    "random",
+    "stdio",
+    "threading",
+    "uwsgi",
+)
 
 ENTRY_POINT_GROUP = "atfork.integrations"
 
@@ -47,12 +57,15 @@ VARIABLE = "ATFORK_INTEGRATIONS"
 # the integrations repair the child (locks, then streams, then logging)
 # before any user child callback runs, and take their prepare-time state
 # after every user prepare callback ran; user callbacks may log, print and
-# use locks in both.
+# use locks in both. Django's wrappers are repaired after the db integration
+# quarantined the driver connections under them (either order works: each
+# quarantine is idempotent).
 PRIORITY_THREADING = 1400
 PRIORITY_STDIO = 1300
 PRIORITY_LOGGING = 1200
 PRIORITY_RANDOM = 1100
 PRIORITY_DB = 1000
+PRIORITY_DJANGO = 950
 PRIORITY_HTTP = 900
 
 

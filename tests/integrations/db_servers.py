@@ -30,8 +30,8 @@ the free-threaded build a test of psycopg2, which would enable the GIL,
 skips as a test for another Python.
 
 Each scenario runs in a fresh interpreter: a prelude (settings, helpers,
-and ``atfork.integrations.db.enable()`` when asked) and then the scenario's
-code, which prints its findings with ``report()``.
+and, when asked, ``enable()`` of the db integration or of those named) and
+then the scenario's code, which prints its findings with ``report()``.
 """
 
 from __future__ import annotations
@@ -123,9 +123,10 @@ REDIS = {redis!r}
 MYSQL = {mysql!r}
 ATFORK = {atfork!r}
 CHILD_ALARM = {child_alarm!r}
+import atfork.integrations
 from atfork.integrations import db
 if ATFORK:
-    db.enable()
+    atfork.integrations.enable(*{integrations!r})
 
 
 {fork_helpers}
@@ -160,10 +161,14 @@ def pg_conninfo():
 """
 
 
-def source(body: str, *, atfork: bool, child_alarm: int = 20) -> str:
+def source(
+    body: str, *, atfork: bool, child_alarm: int = 20, integrations: tuple[str, ...] = ("db",)
+) -> str:
     """The prelude and ``body``; a forked child is killed by SIGALRM after
-    ``child_alarm`` seconds."""
+    ``child_alarm`` seconds. With ``atfork``, the prelude enables the
+    ``integrations``."""
     prelude = _PRELUDE.format(
+        integrations=integrations,
         pg=PG,
         redis=REDIS,
         mysql=MYSQL,
@@ -174,9 +179,11 @@ def source(body: str, *, atfork: bool, child_alarm: int = 20) -> str:
     return prelude + textwrap.dedent(body)
 
 
-def scenario(body: str, *, atfork: bool, timeout: float = 60.0) -> dict[str, Any]:
+def scenario(
+    body: str, *, atfork: bool, timeout: float = 60.0, integrations: tuple[str, ...] = ("db",)
+) -> dict[str, Any]:
     """Run ``body`` after the prelude in a fresh interpreter; its report."""
-    run = run_python(source(body, atfork=atfork), timeout=timeout)
+    run = run_python(source(body, atfork=atfork, integrations=integrations), timeout=timeout)
     assert not run.timed_out, f"the scenario hung:\n{run.stderr}"
     assert 0 == run.returncode, run.stderr
     for line in reversed(run.stdout.splitlines()):
