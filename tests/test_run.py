@@ -40,8 +40,8 @@ def test_runs_a_script_as_main_with_its_arguments(
     assert {
         "name": "__main__",
         "argv": ["report.py", "a", "--flag"],
-        "enabled": ["db", "http", "logging", "random", "stdio", "threading"],
-        "variable": "db,http,logging,random,stdio,threading",
+        "enabled": ["db", "django", "http", "logging", "random", "stdio", "threading"],
+        "variable": "db,django,http,logging,random,stdio,threading",
     } == json.loads(done.stdout)
 
 
