@@ -231,11 +231,16 @@ def inspect(
     on = {name: state is True for name, state in enabled.items()}
     named = _globals(program)
     db_kinds = _db_kinds()
+    django_wrapper = _django_wrapper_type()
     futures = sys.modules.get("concurrent.futures.thread")
     executor = getattr(futures, "ThreadPoolExecutor", None)
     generator_kinds = _generator_kinds()
     heap = _Heap(
-        tuple(k for k in (*db_kinds.values(), executor, *generator_kinds) if isinstance(k, type))
+        tuple(
+            k
+            for k in (*db_kinds.values(), django_wrapper, executor, *generator_kinds)
+            if isinstance(k, type)
+        )
     )
 
     findings: list[Finding] = []
@@ -256,7 +261,12 @@ def inspect(
     handlers = _handlers()
     if not on.get("logging"):
         findings += _logging_findings(handlers, bool(others))
-    findings += _db_findings(named, on.get("db", False), db_kinds, heap)
+    wrappers = [w for w in heap.of(django_wrapper) if _django_connected(w)]
+    # A Django wrapper answers for its driver connection: the django finding.
+    under_django = {id(vars(w)["connection"]) for w in wrappers}
+    findings += _db_findings(named, on.get("db", False), db_kinds, heap, under_django)
+    if not on.get("django"):
+        findings += _django_findings(wrappers)
     if not on.get("threading"):
         findings += _executor_findings(named, heap.of(executor))
     return Inspection(
@@ -446,10 +456,15 @@ def _db_kinds() -> dict[str, Any]:
 
 
 def _db_findings(
-    named: dict[int, tuple[str, Any]], db: bool, kinds: dict[str, Any], heap: _Heap
+    named: dict[int, tuple[str, Any]],
+    db: bool,
+    kinds: dict[str, Any],
+    heap: _Heap,
+    under_django: set[int],
 ) -> list[Finding]:
     """The connections the db integration knows how to quarantine that are
-    open and not covered, by it or by ``track()``."""
+    open and not covered, by it or by ``track()``, nor held by a Django
+    wrapper (``under_django``: the django finding answers for those)."""
     pools = tuple(t for k, t in kinds.items() if k.startswith("pool"))
     holders = tuple(t for k, t in kinds.items() if k.startswith("holder"))
     if not any(isinstance(t, type) for t in kinds.values()):
@@ -473,7 +488,7 @@ def _db_findings(
     # SQLAlchemy's pool records: each engine answers for the driver
     # connections its records hold.
     by_pool: dict[int, list[Any]] = {}
-    owned: set[int] = set()
+    owned: set[int] = set(under_django)
     for record in of("record"):
         conn = getattr(record, "dbapi_connection", None)
         if conn is not None:
@@ -574,6 +589,46 @@ def _db_findings(
                 track=DB_TRACK,
                 what=name,
                 note=note,
+            )
+        )
+    return findings
+
+
+def _django_wrapper_type() -> type | None:
+    found = getattr(sys.modules.get("django.db.backends.base.base"), "BaseDatabaseWrapper", None)
+    return found if isinstance(found, type) else None
+
+
+def _django_connected(wrapper: Any) -> bool:
+    """Whether a Django wrapper holds a connection a child would inherit (an
+    in-memory SQLite database is the child's own copy)."""
+    if vars(wrapper).get("connection") is None:
+        return False
+    is_in_memory = getattr(wrapper, "is_in_memory_db", None)
+    return not (is_in_memory is not None and is_in_memory())
+
+
+def _django_findings(wrappers: list[Any]) -> list[Finding]:
+    """Django's connected database wrappers, when the django integration is off."""
+    findings = []
+    for wrapper in wrappers[:LIMIT]:
+        what = f"Django's {getattr(wrapper, 'alias', '?')!r} database connection"
+        if getattr(wrapper, "vendor", None) == "sqlite":
+            harm = (
+                "a child's ORM query uses it, and a child that leaves the parent's atomic "
+                "block or exits inside it makes the parent's COMMIT fail with 'disk I/O error'"
+            )
+        else:
+            harm = (
+                "a child's ORM query runs on the parent's server session, and the child's "
+                "connections.close_all() ends it (Django ticket #31637)"
+            )
+        findings.append(
+            finding(
+                "django",
+                f"{what} ({describe(wrapper)}) is open: {harm}",
+                integration="django",
+                note="it covers what connects after it is enabled",
             )
         )
     return findings

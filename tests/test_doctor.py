@@ -507,6 +507,41 @@ def test_an_open_postgresql_connection(tmp_path: Path, doctor: Doctor, enabled: 
     assert ("db", "atfork.integrations.db.track") == (db[0]["integration"], db[0]["track"])
 
 
+DJANGO = """
+import django
+from django.conf import settings
+{enable}
+settings.configure(DATABASES={{"default": {{
+    "ENGINE": "django.db.backends.postgresql", "NAME": {pg[dbname]!r}, "USER": {pg[user]!r},
+    "PASSWORD": {pg[password]!r}, "HOST": {pg[host]!r}, "PORT": {pg[port]!r},
+}}}})
+django.setup()
+from django.db import connection
+with connection.cursor() as cursor:
+    cursor.execute("select 1")
+"""
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_an_open_django_connection(tmp_path: Path, doctor: Doctor, enabled: bool) -> None:
+    """A connected Django database is a finding for the django integration (its
+    driver connection is no db finding of its own); with django enabled it is
+    covered."""
+    require("postgresql", "django", "psycopg")
+    enable = ENABLE.format(names='"django"') if enabled else ""
+    (tmp_path / "app.py").write_text(DJANGO.format(pg=PG, enable=enable))
+    report = report_of(doctor("--json", "app.py"))
+    assert [] == found(report, "db")
+    django = found(report, "django")
+    if enabled:
+        assert [] == django
+        return
+    assert 1 == len(django), report["findings"]
+    assert django[0]["problem"].startswith("Django's 'default' database connection (")
+    assert "Django ticket #31637" in django[0]["problem"]
+    assert ("django", None) == (django[0]["integration"], django[0]["track"])
+
+
 PENDING = """
 {enable}
 print("left in the buffer at import")

@@ -7,7 +7,7 @@ What breaks without it
     ``django.db.connections``, and a forked child inherits it: the child's
     next ORM query reuses it (Django ticket #31637, open since 2020).
     Measured here with PostgreSQL 15 (psycopg 3 and psycopg2), MariaDB
-    (PyMySQL) and SQLite, Django 4.2 and 5.2: the child's query runs on the
+    (PyMySQL) and SQLite, Django 4.2, 5.2 and 6.1: the child's query runs on the
     parent's server session (the same ``pg_backend_pid()`` or
     ``connection_id()``), and after the child's ``connections.close_all()``,
     which is what the ticket and most advice tell a child to do, the
@@ -20,7 +20,7 @@ What breaks without it
     session the same way.
 
 What Django and the standard library do
-    Nothing, in Django 4.2 to 5.2 and on CPython 3.9 to 3.14: Django never
+    Nothing, in Django 4.2 to 6.1 and on CPython 3.9 to 3.14: Django never
     checks the process id, ``os.fork`` copies the descriptors, and the
     drivers' ``close()`` ends the shared session (see
     :mod:`atfork.integrations.db`).
