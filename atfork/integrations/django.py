@@ -54,10 +54,12 @@ What this module does
 
 :func:`enable` imports nothing: when the program imports Django's backends,
 it wraps ``BaseDatabaseWrapper.connect``, which registers each wrapper that
-connects in a weak registry (the wrappers of every thread, not only those
-``django.db.connections`` shows the forking thread). Wrappers of the thread
-that calls :func:`enable` that are connected already are registered then;
-those other threads connected before it are not covered.
+connects, in any thread, in a weak registry; wrappers the calling thread
+connected before :func:`enable` are registered by it. A child has only the
+forking thread: the wrappers of the parent's other threads are out of its
+reach (Django's connections are per thread), and their driver connections'
+finalisation there sends nothing. What is not covered is a thread that
+connected before another thread called :func:`enable`, and then forks.
 
 .. versionadded:: 0.1
 """

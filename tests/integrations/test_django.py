@@ -239,6 +239,45 @@ def test_postgresql_child_inside_atomic_block() -> None:
     )
 
 
+OTHER_THREAD = """
+import threading
+connected, go, result = threading.Event(), threading.Event(), {}
+
+def worker():
+    result["first"] = session()
+    connected.set()
+    go.wait()
+    try:
+        result["after"] = "same session" if session() == result["first"] else "another session"
+    except Exception as exc:
+        result["after"] = error_name(exc)
+
+thread = threading.Thread(target=worker)
+thread.start()
+connected.wait(10)
+
+def child(send):
+    connections.close_all()  # the forking thread's wrappers only
+    gc.collect()
+
+code, _ = join(*fork(child))
+go.set()
+thread.join(10)
+report({"worker": result["after"]})
+"""
+
+
+@pytest.mark.parametrize("atfork", [False, True])
+def test_other_threads_connections_are_safe_either_way(atfork: bool) -> None:
+    """A connection another thread of the parent holds is out of the child's
+    reach (Django's connections are per thread) and its finalisation there
+    sends nothing: that thread's session survives, with or without atfork."""
+    require("postgresql", "django", "psycopg")
+    assert {"worker": "same session"} == _django_scenario(
+        OTHER_THREAD, _pg(), PG_SESSION, atfork=atfork
+    )
+
+
 # -- SQLite: the parent's transaction -------------------------------------------
 
 SQLITE = """
