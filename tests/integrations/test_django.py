@@ -97,16 +97,32 @@ MYSQL_DATABASE = {
 
 
 def _django_scenario(
-    body: str, database: dict[str, Any], session: str, *, atfork: bool, hide_psycopg: bool = False
+    body: str,
+    database: dict[str, Any],
+    session: str,
+    *,
+    atfork: bool,
+    hide_psycopg: bool = False,
+    integrations: tuple[str, ...] = INTEGRATIONS,
 ) -> dict[str, Any]:
     setup = SETUP.format(database=database, session=session, hide_psycopg=hide_psycopg)
-    return scenario(setup + body, atfork=atfork, integrations=INTEGRATIONS)
+    return scenario(setup + body, atfork=atfork, integrations=integrations)
 
 
 def _django_version() -> tuple[int, ...]:
     if importlib.util.find_spec("django") is None:
         return (0,)
     return tuple(int(p) for p in importlib.metadata.version("django").split(".")[:2])
+
+
+def _require_pool() -> None:
+    """Skip unless the installed Django has its connection pool (5.1+)."""
+    if _django_version() < (5, 1):
+        version = ".".join(map(str, _django_version()))
+        pytest.skip(
+            f"{INTERPRETER_SKIP}pip gives this Python Django {version}, "
+            "and Django's connection pool came in 5.1"
+        )
 
 
 # -- the integration's registration ----------------------------------------------
@@ -185,12 +201,7 @@ def test_mysql_child_gets_its_own_session() -> None:
 def test_postgresql_pool_child_gets_its_own_session() -> None:
     """With Django 5.1+'s connection pool, a child's query no longer runs on
     the parent's pooled session; the parent's keeps working."""
-    version = ".".join(map(str, _django_version()))
-    if _django_version() < (5, 1):
-        pytest.skip(
-            f"{INTERPRETER_SKIP}pip gives this Python Django {version}, "
-            "and Django's connection pool came in 5.1"
-        )
+    _require_pool()
     require("postgresql", "django", "psycopg", "psycopg_pool")
     database = _pg(pool={"min_size": 1, "max_size": 2, "timeout": 5})
     body = "import warnings\nwarnings.simplefilter('ignore', RuntimeWarning)\n" + CLOSE_ALL
@@ -275,6 +286,48 @@ def test_other_threads_connections_are_safe_either_way(atfork: bool) -> None:
     require("postgresql", "django", "psycopg")
     assert {"worker": "same session"} == _django_scenario(
         OTHER_THREAD, _pg(), PG_SESSION, atfork=atfork
+    )
+
+
+GRANDCHILD = """
+import warnings
+warnings.simplefilter("ignore", RuntimeWarning)
+parent_session = session()
+
+def grandchild(send):
+    theirs = session()
+    connections.close_all()
+    return theirs
+
+def child(send):
+    mine = session()
+    code, theirs = join(*fork(grandchild))
+    after = session()
+    connections.close_all()
+    return {
+        "child": "own" if mine != parent_session else "parent's",
+        "grandchild": "own" if theirs not in (parent_session, mine) else "inherited",
+        "child after": "same" if after == mine else "another",
+    }
+
+code, result = join(*fork(child))
+result["parent after"] = "same" if session() == parent_session else "another"
+report(result)
+"""
+
+
+@pytest.mark.parametrize("pool", [False, True], ids=["plain", "pool"])
+@pytest.mark.parametrize("integrations", [("django",), ("db", "django")], ids=["django", "both"])
+def test_grandchild_and_the_db_integration_too(pool: bool, integrations: tuple[str, ...]) -> None:
+    """A child's own connection (or pool) is repaired again in its child, and
+    enabling the db integration as well changes nothing: each process gets a
+    session of its own, and each parent keeps its own."""
+    if pool:
+        _require_pool()
+    require("postgresql", "django", "psycopg", *(["psycopg_pool"] if pool else []))
+    database = _pg(pool={"min_size": 1, "max_size": 2, "timeout": 5}) if pool else _pg()
+    assert {"child": "own", "grandchild": "own", "child after": "same", "parent after": "same"} == (
+        _django_scenario(GRANDCHILD, database, PG_SESSION, atfork=True, integrations=integrations)
     )
 
 
