@@ -78,7 +78,9 @@ def test_report_lists_hooks_threads_and_integrations() -> None:
         threads[0]["integration"],
         threads[0]["track"],
     )
-    assert not {"hang", "failed", "random"} & set(checks(report)), report["findings"]
+    # Other findings (random generators, handlers) depend on what earlier
+    # tests left in this process; the trial children must neither hang nor fail.
+    assert not {"hang", "failed"} & set(checks(report)), report["findings"]
     assert 2 == report["trial"]["children"]
     text = render(report)
     assert f"urgent  [parent]  {os.path.relpath(__file__)}:{line + 1}" in text
