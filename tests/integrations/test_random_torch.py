@@ -105,11 +105,13 @@ def draw_until_stopped():
 drawing = threading.Thread(target=draw_until_stopped)
 drawing.start()
 outcomes = []
-for _ in range(20):  # the mutex is held part of the time: about one fork in three
+for _ in range(FORKS):  # the mutex is held part of the time: about one fork in three
     try:
         outcomes.append(run_in_child(lambda: "exited", timeout=TIMEOUT))
     except ChildTimeoutError:
         outcomes.append("hung")
+        if UNTIL_HUNG:
+            break
 stop.set()
 drawing.join()  # a thread still in torch at exit makes the C++ runtime abort
 print(outcomes)
@@ -122,7 +124,8 @@ if HAVE_TORCH:
         """A thread drawing from torch at the fork may hold its generator's
         mutex; the integration then leaves torch alone rather than hang the
         child (which here never uses torch)."""
-        result = run_python("WITH_ATFORK = True; TIMEOUT = 10\n" + _BUSY_THREAD, timeout=300)
+        source = "WITH_ATFORK = True; TIMEOUT = 10; FORKS = 20; UNTIL_HUNG = False\n"
+        result = run_python(source + _BUSY_THREAD, timeout=300)
         assert (0, repr(["exited"] * 20) + "\n") == (result.returncode, result.stdout), (
             result.stderr
         )
@@ -132,7 +135,9 @@ if HAVE_TORCH:
         torch while another thread draws from it hangs children that never
         use torch."""
         naive = "import atfork\natfork.atfork(child=lambda: torch.default_generator.manual_seed(1))"
-        source = "WITH_ATFORK = False; TIMEOUT = 2\n" + _BUSY_THREAD.replace(
+        # Up to 200 forks, until one hangs: each has about one chance in three.
+        source = "WITH_ATFORK = False; TIMEOUT = 2; FORKS = 200; UNTIL_HUNG = True\n"
+        source += _BUSY_THREAD.replace(
             "if WITH_ATFORK:", naive + "\nif WITH_ATFORK:"
         )
         result = run_python(source, timeout=300)
