@@ -137,8 +137,6 @@ if HAVE_TORCH:
         naive = "import atfork\natfork.atfork(child=lambda: torch.default_generator.manual_seed(1))"
         # Up to 200 forks, until one hangs: each has about one chance in three.
         source = "WITH_ATFORK = False; TIMEOUT = 2; FORKS = 200; UNTIL_HUNG = True\n"
-        source += _BUSY_THREAD.replace(
-            "if WITH_ATFORK:", naive + "\nif WITH_ATFORK:"
-        )
+        source += _BUSY_THREAD.replace("if WITH_ATFORK:", naive + "\nif WITH_ATFORK:")
         result = run_python(source, timeout=300)
         assert "hung" in result.stdout, (result.stdout, result.stderr)
