@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 
 __all__ = [
     "BUILTIN",
+    "PRIORITY_BUFFERS",
     "PRIORITY_DB",
     "PRIORITY_DJANGO",
     "PRIORITY_HTTP",
@@ -54,12 +55,15 @@ VARIABLE = "ATFORK_INTEGRATIONS"
 
 # The priorities the built-in integrations register with. User hooks default
 # to 0: a higher priority runs earlier in the child and later in prepare, so
-# the integrations repair the child (locks, then streams, then logging)
-# before any user child callback runs, and take their prepare-time state
-# after every user prepare callback ran; user callbacks may log, print and
-# use locks in both. Django's wrappers are repaired after the db integration
+# the integrations repair the child (buffered files, then locks, then
+# streams, then logging) before any user child callback runs, and take their
+# prepare-time state after every user prepare callback ran; user callbacks
+# may log, print and use locks in both. Buffered files come first: any later
+# child callback may print or log, and the failure of one is reported on
+# sys.stderr. Django's wrappers are repaired after the db integration
 # quarantined the driver connections under them (either order works: each
 # quarantine is idempotent).
+PRIORITY_BUFFERS = 1500
 PRIORITY_THREADING = 1400
 PRIORITY_STDIO = 1300
 PRIORITY_LOGGING = 1200

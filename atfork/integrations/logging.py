@@ -11,6 +11,9 @@ What breaks after fork without it
     2. a ``StreamHandler`` whose stream's ``BufferedWriter`` was locked (a
        thread blocked writing a record to a full pipe) hangs the next log
        call, although the handler's own lock was reset (CPython gh-84579);
+       so does a handler that writes to a file of its own, kept in another
+       attribute (``self._f = open(path, "a")``), and the parent's output
+       still buffered in such a file is written again by the child;
     3. ``QueueHandler`` records are never handled: the ``QueueListener``
        thread does not exist in the child, and the parent's pending records,
        copied into the child's queue, would be handled twice by a restarted
@@ -25,10 +28,18 @@ What the standard library does, 3.9 - 3.13
     buffers. (Before 3.9 not even the handlers' locks.)
 
 What this module does
+    First, in the child, before every other atfork child callback, every
+    buffered file a handler holds in an attribute (``stream`` or any
+    other), and every other one found, is repaired in place, whatever
+    thread held its lock: the same object gets a free lock and none of the
+    parent's buffered output (the parent writes it). This is shared with
+    the stdio integration, whose documentation lists what is covered
+    ("Buffered files").
+
     A process with no other thread at the fork (none started by
     ``threading`` or ``_thread``, none foreign that logged) has no lock
-    held and no write in progress: for it, the child only points handlers
-    at the streams the stdio integration replaced and empties
+    held and no write in progress: for it, the child then only points
+    handlers at the streams the stdio integration replaced and empties
     ``BufferingHandler`` buffers (the parent's records, which the parent
     flushes). Otherwise:
 
@@ -86,7 +97,7 @@ from _thread import get_ident
 from typing import Any
 
 import atfork
-from atfork.integrations import PRIORITY_LOGGING, _rotation, _streams
+from atfork.integrations import PRIORITY_LOGGING, _buffers, _rotation, _streams
 
 __all__ = ["disable", "enable", "is_enabled"]
 
@@ -340,6 +351,7 @@ def enable(*, shared_rotation: bool = False) -> None:
     else:
         _rotation.unshare()
     if _hook is None:
+        _buffers.start(__name__)
         _hook = atfork.atfork(_prepare, _parent, _child, priority=PRIORITY_LOGGING, name=__name__)
 
 
@@ -355,6 +367,7 @@ def disable() -> None:
     if _hook is not None:
         _hook.unregister()
         _hook = None
+        _buffers.stop(__name__)
 
 
 def is_enabled() -> bool:

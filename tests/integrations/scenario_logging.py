@@ -27,7 +27,7 @@ HANG = 3.0
 SUCCESS = 30.0
 
 PROLOGUE = '''\
-import json, logging, os, select, sys, threading, time, warnings
+import json, logging, os, platform, select, sys, threading, time, warnings
 warnings.simplefilter("ignore", DeprecationWarning)  # forking with threads (3.12+)
 import atfork.integrations
 from atfork.testing import ChildTimeoutError, run_in_child
@@ -39,12 +39,45 @@ if not LATE:
     atfork.integrations.enable(*INTEGRATIONS)
 
 
+# The write system call's number, where /proc/<tid>/wchan names no function.
+WRITE_SYSCALL = dict(x86_64="1", aarch64="64", arm64="64").get(platform.machine())
+
+
+def in_pipe_write(native_id):
+    """Whether thread native_id sleeps in the kernel, writing to a pipe."""
+    task = "/proc/self/task/%d/" % native_id
+    try:
+        with open(task + "wchan") as f:
+            if "pipe_write" in f.read():
+                return True
+        with open(task + "syscall") as f:
+            return f.read().split()[0] == WRITE_SYSCALL
+    except (OSError, IndexError):
+        return False
+
+
 def block_writing(fd, write):
-    """Call write() in a thread, where it blocks: fd is a pipe nobody reads."""
-    threading.Thread(target=write, daemon=True).start()
-    while select.select([], [fd], [], 0)[1]:
-        time.sleep(0.005)
-    time.sleep(0.1)  # from a full pipe to blocked inside write()
+    """Call write() in a thread and return once it is blocked in the kernel
+    on pipe fd, which nobody reads: the pipe is full and the thread sleeps
+    in its write (what the kernel says of it decides, not a delay)."""
+    native, returned = [], threading.Event()
+
+    def target():
+        native.append(threading.get_native_id())
+        try:
+            write()
+        finally:
+            returned.set()
+
+    threading.Thread(target=target, daemon=True).start()
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        if returned.is_set():
+            raise AssertionError("write() returned (or raised): the pipe did not fill")
+        if native and in_pipe_write(native[0]) and not select.select([], [fd], [], 0)[1]:
+            return
+        time.sleep(0.002)  # polling the kernel's answer
+    raise AssertionError("write() did not block in 30 s")
 
 
 def drain_after_fork(fd):
