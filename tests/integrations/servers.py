@@ -13,6 +13,25 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+#: Source for an app's module: ``meet(directory, workers)``, called at the
+#: start of each request, holds a worker's first request until ``workers``
+#: workers each have theirs (or 5 s passed), so that concurrent requests go
+#: one to each worker (a busy worker accepts no other).
+MEET = """
+import os as _os, time as _time
+
+_met = []
+
+def meet(directory, workers):
+    if _met:
+        return
+    _met.append(True)
+    open(_os.path.join(directory, str(_os.getpid())), "w").close()
+    end = _time.monotonic() + 5
+    while len(_os.listdir(directory)) < workers and _time.monotonic() < end:
+        _time.sleep(0.01)  # polling the other workers' arrival
+"""
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on (at the moment)."""

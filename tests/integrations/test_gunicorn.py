@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from db_servers import PG, require
-from servers import answers_by_worker, free_port, stop
+from servers import MEET, answers_by_worker, free_port, stop
 
 import atfork
 
@@ -24,7 +24,7 @@ INSTALLED = "site-packages" in atfork.__file__  # atfork.pth is active only when
 POSTGRES = "postgresql+psycopg://{user}:{password}@{host}:{port}/{dbname}".format(**PG)
 
 APP = """
-import fcntl, json, os, time
+import fcntl, json, os
 import numpy as np
 import sqlalchemy
 
@@ -36,7 +36,7 @@ with engine.connect() as connection:  # the master uses the pool: a connection i
 first = {}  # in each worker: what its first request drew and used
 
 def app(environ, start_response):
-    time.sleep(0.3)  # keep this worker busy so that the next request goes to another
+    meet(ARRIVED, 3)
     if not first:
         # One worker at a time: workers sharing the master's socket then each
         # get a whole reply instead of garbling one another's.
@@ -62,7 +62,10 @@ def first_answers(tmp_path: Path, integrations: str) -> tuple[list[dict[str, Any
     assert GUNICORN is not None
     require("postgresql", "sqlalchemy", "psycopg", "numpy")
     lock = tmp_path / "db.lock"
-    (tmp_path / "gunicorn_app.py").write_text(f"URL = {POSTGRES!r}; LOCK = {str(lock)!r}\n" + APP)
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+    settings = f"URL = {POSTGRES!r}; LOCK = {str(lock)!r}; ARRIVED = {str(arrived)!r}\n"
+    (tmp_path / "gunicorn_app.py").write_text(settings + MEET + APP)
     port = free_port()
     env = {**os.environ, "ATFORK_INTEGRATIONS": integrations}
     env.pop("PYTHONUNBUFFERED", None)

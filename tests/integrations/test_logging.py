@@ -477,13 +477,18 @@ MODULE_LOCK_BUSY = """
 handler = logging.StreamHandler(open(os.devnull, "w"))
 logging.getLogger("config").addHandler(handler)
 module_lock = logging._lock
-holding = threading.Event()
+holding, forking = threading.Event(), threading.Event()
+# The last prepare callback of the fork (highest priority: last in prepare).
+atfork.atfork(prepare=forking.set, priority=1_000_000)
 
 def configure():
-    # As logging.config.dictConfig does: the module lock, then handler locks.
+    # As logging.config.dictConfig does: the module lock, then handler locks,
+    # the second one once the fork's prepare phase ran (and the standard
+    # library waits for the module lock).
     with module_lock:
         holding.set()
-        time.sleep(0.5)  # the fork starts meanwhile
+        if not forking.wait(30):
+            raise RuntimeError("no fork started")
         with handler.lock:
             handler.flush()
 

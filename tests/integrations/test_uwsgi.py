@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from free_threading import FREE_THREADED, NEEDS_GIL
-from servers import answers_by_worker, free_port, stop
+from servers import MEET, answers_by_worker, free_port, stop
 
 import atfork
 from atfork.integrations import uwsgi as atfork_uwsgi
@@ -21,7 +21,7 @@ from atfork.integrations import uwsgi as atfork_uwsgi
 UWSGI = shutil.which("uwsgi", path=os.path.dirname(sys.executable))
 
 APP = """
-import json, os, time
+import json, os
 import atfork, atfork.integrations
 
 ran = []
@@ -30,7 +30,7 @@ if os.environ.get("WITH_ATFORK") == "1":
     atfork.integrations.enable("uwsgi")
 
 def app(environ, start_response):
-    time.sleep(0.3)  # keep this worker busy so that the next request goes to another
+    meet(ARRIVED, 2)
     start_response("200 OK", [("Content-Type", "application/json")])
     return [json.dumps({"pid": os.getpid(), "ran": ran}).encode()]
 """
@@ -44,7 +44,9 @@ else:
 def serve(tmp_path: Path, options: list[str], with_atfork: bool) -> tuple[dict[int, Any], str]:
     """Start uWSGI with two workers; return what each worker answered, and the log."""
     assert UWSGI is not None
-    (tmp_path / "uwsgi_app.py").write_text(APP)
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+    (tmp_path / "uwsgi_app.py").write_text(f"ARRIVED = {str(arrived)!r}\n" + MEET + APP)
     port = free_port()
     root = os.path.dirname(os.path.dirname(atfork.__file__))
     env = {**os.environ, "WITH_ATFORK": "1" if with_atfork else "0"}
