@@ -54,13 +54,12 @@ def fork_with_hook_and_collect(monkeypatch: pytest.MonkeyPatch) -> tuple[list[An
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
-        os.write(
-            write, repr([(a.exc_type.__name__, a.err_msg, repr(a.object)) for a in seen]).encode()
-        )
+        found = [(a.exc_type.__name__, a.err_msg, repr(a.object)) for a in seen]
+        os.write(write, json.dumps(found).encode())
         os._exit(0)
     os.close(write)
     assert 0 == wait_child(pid, timeout=30)
-    reports = eval(os.read(read, 100000))
+    reports = [tuple(found) for found in json.loads(os.read(read, 100000))]
     os.close(read)
     return reports, seen
 
@@ -699,11 +698,11 @@ def in_raw_child(body: Callable[[], list[Any]]) -> list[Any]:
     read, write = os.pipe()
     pid = int(ctypes.PyDLL(None).fork())
     if pid == 0:  # pragma: no cover  (runs in a child that exits at once)
-        os.write(write, repr(body()).encode())
+        os.write(write, json.dumps(body()).encode())
         os._exit(0)
     os.close(write)
     assert 0 == wait_child(pid, timeout=30)
-    return list(eval(os.read(read, 10000)))
+    return list(json.loads(os.read(read, 10000)))
 
 
 def test_check_runs_child_callbacks_after_a_raw_fork() -> None:

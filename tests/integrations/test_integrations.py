@@ -327,10 +327,13 @@ def test_entry_points_are_available(sample_path: str) -> None:
         sample_path,
         """
         import atfork.integrations as i
-        print(i.available())
+        import json
+        print(json.dumps(i.available()))
     """,
     )
-    assert {"sample", "broken", "refusing", "unimportable", *integrations.BUILTIN} == set(eval(out))
+    assert {"sample", "broken", "refusing", "unimportable", *integrations.BUILTIN} == set(
+        json.loads(out)
+    )
 
 
 def test_entry_point_integration_is_enabled_with_options(sample_path: str) -> None:
