@@ -35,8 +35,9 @@ import traceback
 from collections.abc import Mapping
 from typing import Any, Callable, NamedTuple, TypeVar
 
+from atfork import _timeout
 from atfork._report import REPORT_PREFIX, unraisable_args
-from atfork._timeout import MAX_TIMEOUT, check_timeout
+from atfork._timeout import check_timeout
 
 __all__ = [
     "MAX_TIMEOUT",
@@ -48,6 +49,9 @@ __all__ = [
     "run_python",
     "wait_child",
 ]
+
+#: The longest ``timeout`` the helpers accept, in seconds: one week.
+MAX_TIMEOUT = _timeout.MAX_TIMEOUT
 
 T = TypeVar("T")
 

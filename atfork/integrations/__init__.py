@@ -63,13 +63,21 @@ VARIABLE = "ATFORK_INTEGRATIONS"
 # sys.stderr. Django's wrappers are repaired after the db integration
 # quarantined the driver connections under them (either order works: each
 # quarantine is idempotent).
+#: The buffered-file repair of the ``stdio`` and ``logging`` integrations.
 PRIORITY_BUFFERS = 1500
+#: The ``threading`` integration.
 PRIORITY_THREADING = 1400
+#: The ``stdio`` integration.
 PRIORITY_STDIO = 1300
+#: The ``logging`` integration.
 PRIORITY_LOGGING = 1200
+#: The ``random`` integration.
 PRIORITY_RANDOM = 1100
+#: The ``db`` integration.
 PRIORITY_DB = 1000
+#: The ``django`` integration.
 PRIORITY_DJANGO = 950
+#: The ``http`` integration.
 PRIORITY_HTTP = 900
 
 
