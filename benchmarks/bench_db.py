@@ -26,7 +26,7 @@ import os
 import sys
 import warnings
 
-from fork_latency import medians, report_against_bare, time_forks  # the same measurement
+from fork_latency import Figures, medians, report_against_bare, time_forks  # the same measurement
 
 MODES = ("bare", "db")
 
@@ -42,7 +42,7 @@ def _settings() -> dict[str, str]:
     }
 
 
-def measure(mode: str, forks: int) -> tuple[float, float, float]:
+def measure(mode: str, forks: int) -> Figures:
     """In this interpreter: build the objects and return the median latencies
     (ns) and page faults of ``fork_latency.time_forks``."""
     import psycopg_pool

@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fork_latency import medians, report_against_bare, time_forks  # the same measurement
+from fork_latency import Figures, medians, report_against_bare, time_forks  # the same measurement
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "integrations"))
 
@@ -46,7 +46,7 @@ MODES = ("bare", "atfork", "http")
 CONNECTIONS = 3
 
 
-def measure(mode: str, forks: int, https: str, ca: str) -> tuple[float, float, float]:
+def measure(mode: str, forks: int, https: str, ca: str) -> Figures:
     """In this interpreter: build the objects and return the median latencies
     (ns) and page faults of ``fork_latency.time_forks``."""
     import atfork

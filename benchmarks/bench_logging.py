@@ -27,7 +27,7 @@ import os
 import sys
 import tempfile
 
-from fork_latency import Case, medians, time_forks  # the same measurement
+from fork_latency import Case, Figures, medians, time_forks  # the same measurement
 
 MODES: dict[str, tuple[str, ...] | None] = {
     "bare": None,  # atfork not even imported
@@ -38,7 +38,7 @@ MODES: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def measure(mode: str, threaded: bool, forks: int) -> tuple[float, float, float]:
+def measure(mode: str, threaded: bool, forks: int) -> Figures:
     """In this interpreter: configure the handlers, start an idle thread if
     ``threaded``, enable ``mode``'s integrations and return the median
     latencies (ns) and page faults."""

@@ -34,10 +34,10 @@ import statistics
 import sys
 import time
 
-from fork_latency import Case, medians, time_forks  # this script's folder is on sys.path
+from fork_latency import Case, Figures, medians, time_forks  # this script's folder is on sys.path
 
 
-def measure(mode: str, generators: int, forks: int, draw: bool) -> tuple[float, float, float]:
+def measure(mode: str, generators: int, forks: int, draw: bool) -> Figures:
     """In this interpreter: set up the case and return the median latencies (ns)
     and page faults."""
     import numpy as np

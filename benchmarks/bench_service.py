@@ -28,20 +28,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import statistics
-import struct
 import sys
 import threading
-import time
 import warnings
 from typing import Any
 
-from fork_latency import medians
+from fork_latency import Figures, medians, time_forks  # the same measurement
 
 INTEGRATIONS = ("logging", "stdio", "threading", "random", "db")
 MODES = ("bare", "import", *INTEGRATIONS, "all", "all+tracked")
-_REPORT = struct.Struct("!qq")
 
 
 def _pg_url() -> str:
@@ -90,38 +85,7 @@ def build_service(tmp: str) -> dict[str, Any]:
     }
 
 
-def time_forks(forks: int) -> tuple[float, float, float, float]:
-    """Median parent and child-ready latencies (ns) and page faults per fork
-    in the parent and in the child."""
-    read, write = os.pipe()
-    clock = time.perf_counter_ns
-    parent_ns, child_ns, parent_faults, child_faults = [], [], [], []
-    for _ in range(forks):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = clock()
-        pid = os.fork()
-        if pid == 0:
-            ready = clock()
-            faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-            os.write(write, _REPORT.pack(ready, faults))
-            os._exit(0)
-        parent_ns.append(clock() - start)
-        parent_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        ready, faults = _REPORT.unpack(os.read(read, _REPORT.size))
-        child_ns.append(ready - start)
-        child_faults.append(faults)
-        os.waitpid(pid, 0)
-    os.close(read)
-    os.close(write)
-    return (
-        statistics.median(parent_ns),
-        statistics.median(child_ns),
-        statistics.median(parent_faults),
-        statistics.median(child_faults),
-    )
-
-
-def measure(mode: str, forks: int, tmp: str) -> tuple[float, float, float, float]:
+def measure(mode: str, forks: int, tmp: str) -> Figures:
     """In this interpreter: set up ``mode``, build the service, time its forks."""
     # Forks with threads alive warn on 3.12+; the benchmark knows.
     warnings.simplefilter("ignore", DeprecationWarning)

@@ -30,12 +30,12 @@ import sys
 import threading
 import warnings
 
-from fork_latency import medians, time_forks  # the same measurement
+from fork_latency import Figures, medians, time_forks  # the same measurement
 
 MODES = ("bare", "free", "busy", "enabled")
 
 
-def measure(mode: str, locks: int, forks: int) -> tuple[float, float, float]:
+def measure(mode: str, locks: int, forks: int) -> Figures:
     """In this interpreter: set ``mode`` up, fork, and return the median
     latencies (ns) in the parent and until the child is ready, and the
     median page faults of the parent per fork (each page written after a

@@ -12,17 +12,21 @@ every mode copies the same memory at fork, and only the dispatch differs);
 the modes take turns over
 several rounds in shuffled order, and the report gives the median over
 rounds of each run's median, with ratios. It also gives the page faults the
-parent took per fork: every page a process writes after a fork is copied,
-and that, more than the calls themselves, is what fork-time code costs.
+parent and the child took per fork: every page a process writes after a fork
+is copied, and that, more than the calls themselves, is what fork-time code
+costs.
 Run ``python benchmarks/fork_latency.py --help``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import resource
+import select
+import signal
 import statistics
 import struct
 import subprocess
@@ -31,10 +35,16 @@ import time
 from typing import Callable
 
 MODES = ("bare", "register_at_fork", "atfork")
-_STAMP = struct.Struct("!q")
+#: What a measurement gives: the median parent and child-ready latencies
+#: (ns), and page faults per fork in the parent and in the child.
+Figures = tuple[float, float, float, float]
+# What a child sends back: the clock when it was ready, and its page faults.
+_REPORT = struct.Struct("!qq")
+#: Seconds a child (or a measuring interpreter) may take before the run fails.
+DEADLINE = 60.0
 
 
-def measure(mode: str, hooks: int, forks: int) -> tuple[float, float, float]:
+def measure(mode: str, hooks: int, forks: int) -> Figures:
     """In this interpreter: set up ``mode`` and return the median latencies (ns)."""
 
     import atfork  # every mode: the same modules loaded, the same memory to copy
@@ -54,35 +64,70 @@ def measure(mode: str, hooks: int, forks: int) -> tuple[float, float, float]:
     return time_forks(forks)
 
 
-def time_forks(
-    forks: int, in_child: Callable[[], object] | None = None
-) -> tuple[float, float, float]:
+def time_forks(forks: int, in_child: Callable[[], object] | None = None) -> Figures:
     """Fork ``forks`` times; return the median parent and child-ready
-    latencies (ns) and the parent's page faults per fork. The child calls
-    ``in_child`` (if given) before it reads the clock."""
+    latencies (ns) and page faults per fork in the parent and in the child.
+    The child calls ``in_child`` (if given) before it reads the clock. A
+    child that sends nothing within :data:`DEADLINE` seconds is killed and
+    the run fails."""
     read, write = os.pipe()
     clock = time.perf_counter_ns
-    parent_ns, child_ns, faults = [], [], []
-    for _ in range(forks):
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        start = clock()
-        pid = os.fork()
-        if pid == 0:
-            if in_child is not None:
-                in_child()
-            os.write(write, _STAMP.pack(clock()))
-            os._exit(0)
-        parent_ns.append(clock() - start)
-        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-        child_ns.append(_STAMP.unpack(os.read(read, _STAMP.size))[0] - start)
-        os.waitpid(pid, 0)
-    os.close(read)
-    os.close(write)
+    parent_ns, child_ns, parent_faults, child_faults = [], [], [], []
+    try:
+        for _ in range(forks):
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            start = clock()
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    if in_child is not None:
+                        in_child()
+                    ready = clock()
+                    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                    os.write(write, _REPORT.pack(ready, faults))
+                finally:
+                    os._exit(0)
+            parent_ns.append(clock() - start)
+            parent_faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+            ready, faults = _REPORT.unpack(_read_report(read, pid))
+            child_ns.append(ready - start)
+            child_faults.append(faults)
+            _reap(pid)
+    finally:
+        os.close(read)
+        os.close(write)
     return (
         statistics.median(parent_ns),
         statistics.median(child_ns),
-        statistics.median(faults),
+        statistics.median(parent_faults),
+        statistics.median(child_faults),
     )
+
+
+def _read_report(read: int, pid: int) -> bytes:
+    """The child's report from pipe ``read``; the child is killed and the
+    run fails if it sends none within the deadline."""
+    if select.select([read], [], [], DEADLINE)[0]:
+        report = os.read(read, _REPORT.size)
+        if len(report) == _REPORT.size:
+            return report
+    _reap(pid, kill=True)
+    raise RuntimeError(f"child {pid} sent no report within {DEADLINE} s")
+
+
+def _reap(pid: int, kill: bool = False) -> None:
+    """Wait for child ``pid`` to end (killed first with ``kill``, or if it
+    is still there at the deadline)."""
+    deadline = time.monotonic() + DEADLINE
+    while not kill and not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            kill = True
+        else:
+            time.sleep(0.0002)  # polling the child's exit
+    if kill:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)  # killed: it ends at once
 
 
 def run_fresh(script: str, *args: object) -> tuple[float, ...]:
@@ -93,6 +138,7 @@ def run_fresh(script: str, *args: object) -> tuple[float, ...]:
         capture_output=True,
         text=True,
         check=True,
+        timeout=20 * DEADLINE,
     ).stdout
     return tuple(float(figure) for figure in out.split())
 
@@ -129,7 +175,7 @@ def report_against_bare(
         "median of per-run medians (us)"
     )
     print(f"{'mode':<8}{'parent':>10}{'child-ready':>13}{'faults':>8}")
-    for name, (parent, child, faults) in median.items():
+    for name, (parent, child, faults, *_) in median.items():
         print(f"{name:<8}{parent / 1e3:>10.1f}{child / 1e3:>13.1f}{faults:>8.0f}")
     ratios = [median[mode][f] / median["bare"][f] for f in (0, 1)]
     print(f"\nratio {mode} / bare fork: parent {ratios[0]:.3f}, child-ready {ratios[1]:.3f}")
@@ -153,11 +199,13 @@ def main(argv: list[str] | None = None) -> int:
         f"CPython {sys.version.split()[0]}, {args.rounds} rounds x {args.forks} forks, "
         "median of per-run medians (us)"
     )
-    print(f"{'mode':<18}{'hooks':>6}{'parent':>10}{'child-ready':>13}{'faults':>8}")
+    print(f"{'':<47}{'page faults':^16}".rstrip())
+    print(f"{'mode':<18}{'hooks':>6}{'parent':>10}{'child-ready':>13}{'parent':>8}{'child':>8}")
     for case in cases:
+        parent, child, parent_faults, child_faults = median[case]
         print(
-            f"{case[0]:<18}{case[1]:>6}{median[case][0] / 1e3:>10.1f}"
-            f"{median[case][1] / 1e3:>13.1f}{median[case][2]:>8.0f}"
+            f"{case[0]:<18}{case[1]:>6}{parent / 1e3:>10.1f}{child / 1e3:>13.1f}"
+            f"{parent_faults:>8.0f}{child_faults:>8.0f}"
         )
     print("\nratios (parent, child-ready)")
     for n in args.hooks:
