@@ -116,7 +116,7 @@ def test_ci_runs_the_readme_test_command() -> None:
     ]
     assert [
         "python -m pip install . && python -m atfork demo",
-        "python -m pip install tox && python -m tox",
+        "python -m pip install tox tox-uv && python -m tox",
     ] == commands[:2]
     ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert commands[1] == ci[-1]
