@@ -731,12 +731,13 @@ def _socket_open(sock: Any) -> bool:
 
 
 def _origin(scheme: Any, host: Any, port: Any) -> str:
-    """``scheme://host:port``, from str or bytes (httpcore's ``Origin``)."""
+    """``scheme://host:port``, from str or bytes (httpcore's ``Origin``); a
+    urllib3 pool made without a port has None, its scheme's default."""
     text = [
         part.decode("ascii", "replace") if isinstance(part, bytes) else part
         for part in (scheme, host)
     ]
-    return f"{text[0]}://{text[1]}:{port}"
+    return f"{text[0]}://{text[1]}" + ("" if port is None else f":{port}")
 
 
 def _pooled(
