@@ -23,6 +23,9 @@ is made only where that integration is off or the object is not covered:
 * open connections the db integration knows how to quarantine: sqlite3,
   psycopg2, psycopg, psycopg_pool, PyMySQL, redis-py outside its pools,
   SQLAlchemy engines (``db``, or ``db.track()``);
+* HTTP connections kept alive in the pools of urllib3 (and so of requests
+  and botocore) and httpcore (httpx's ``Client`` and ``AsyncClient``), with
+  an open socket (``http``, or ``http.track()``);
 * ThreadPoolExecutors with workers (``threading``), and locks in module
   globals that a trial child finds held (``threading.track()``);
 * random generators that two trial children draw the same numbers from
@@ -147,8 +150,10 @@ def _not_checked(program: Program | None, foreign: int | None) -> list[str]:
         "a locked section then; the trial forks see a few instants, the inspection findings "
         "tell the risk",
         "objects doctor cannot find: locks outside module globals (in instances, closures), "
-        "connections of drivers the db integration does not know, HTTP clients, other kinds "
-        "of random generators (torch)",
+        "connections of drivers the db integration does not know, urllib3 connections "
+        "checked out of their pool (a streamed response not read to its end), HTTP clients "
+        "other than urllib3's and httpcore's (aiohttp, http.client), other kinds of random "
+        "generators (torch)",
     ]
 
 

@@ -1,7 +1,7 @@
 """What ``python -m atfork doctor`` finds by looking at a process, without
 forking it: the threads, the standard streams, every logging handler, open
 database connections, thread pools, the program's locks and random
-generators.
+generators, pooled HTTP connections.
 
 Nothing is imported for it: each library is looked up in
 :data:`sys.modules`, where it is whenever the program made one of its
@@ -30,8 +30,11 @@ from typing import Any, NamedTuple
 
 from atfork.integrations import _streams, _tracked_kinds
 from atfork.integrations import db as db_integration
+from atfork.integrations import http as http_integration
 from atfork.integrations import threading as threading_integration
+from atfork.integrations._imports import imported_type
 from atfork.integrations.db import _postgres, _quarantine, _redis
+from atfork.integrations.http import _httpcore, _urllib3
 
 __all__ = [
     "Finding",
@@ -50,6 +53,7 @@ Finding = dict[str, Any]
 DB_TRACK = "atfork.integrations.db.track"
 THREADING_TRACK = "atfork.integrations.threading.track"
 RANDOM_TRACK = "atfork.integrations.random.track"
+HTTP_TRACK = "atfork.integrations.http.track"
 
 # How many objects of one kind are looked at, at most: a report, not a dump.
 LIMIT = 50
@@ -235,10 +239,18 @@ def inspect(
     futures = sys.modules.get("concurrent.futures.thread")
     executor = getattr(futures, "ThreadPoolExecutor", None)
     generator_kinds = _generator_kinds()
+    urllib3_pool, *httpcore_pools = _http_pool_kinds()
     heap = _Heap(
         tuple(
             k
-            for k in (*db_kinds.values(), django_wrapper, executor, *generator_kinds)
+            for k in (
+                *db_kinds.values(),
+                django_wrapper,
+                executor,
+                *generator_kinds,
+                urllib3_pool,
+                *httpcore_pools,
+            )
             if isinstance(k, type)
         )
     )
@@ -269,6 +281,9 @@ def inspect(
         findings += _django_findings(wrappers)
     if not on.get("threading"):
         findings += _executor_findings(named, heap.of(executor))
+    findings += _http_findings(
+        named, on.get("http", False), heap.of(urllib3_pool), heap.of(*httpcore_pools)
+    )
     return Inspection(
         findings,
         names,
@@ -647,6 +662,143 @@ def _open(conn: Any) -> bool:
     except Exception:  # noqa: BLE001  (ProgrammingError: closed)
         return False
     return True
+
+
+# -- HTTP clients ---------------------------------------------------------------
+
+
+def _http_pool_kinds() -> tuple[type | None, ...]:
+    """urllib3's pool class, then httpcore's two (requests and botocore pool
+    through urllib3, httpx through httpcore), of the libraries the program
+    imported (None for the others)."""
+    return (
+        imported_type("urllib3.connectionpool", "HTTPConnectionPool"),
+        imported_type("httpcore", "ConnectionPool"),
+        imported_type("httpcore", "AsyncConnectionPool"),
+    )
+
+
+def _http_pools(obj: Any, quarantine: object) -> list[Any]:
+    """The pools an object of the http integration's kinds answers for, told
+    by its quarantine there (a urllib3 connection answers for itself alone)."""
+    if quarantine in (_urllib3._quarantine_pool, _httpcore.quarantine_pool):
+        return [obj]
+    if quarantine is _urllib3._quarantine_manager:
+        return _urllib3._pools(obj)
+    if quarantine is _urllib3._quarantine_holder:
+        return [pool for manager in _urllib3._managers(obj) for pool in _urllib3._pools(manager)]
+    if quarantine is _httpcore._quarantine_holder:
+        return _httpcore._pools(obj)
+    return []
+
+
+def _http_covered() -> set[int]:
+    """The ids of the connections and pools the http integration quarantines
+    in a child: those it found, and those of what was given to ``track()``."""
+    covered: set[int] = set()
+    for entry in list(http_integration._registry.entries.values()):
+        obj = entry.get()
+        if obj is not None:
+            covered.add(id(obj))
+            covered.update(map(id, _http_pools(obj, entry.quarantine)))
+    return covered
+
+
+def _http_owners(named: dict[int, tuple[str, Any]]) -> dict[int, Any]:
+    """pool id -> the client, session or pool in module globals that holds
+    it, so that a finding names what the program has."""
+    kinds = []
+    for module, name, quarantine in (*_urllib3.KINDS, *_httpcore.KINDS):
+        kind = imported_type(module, name)
+        if kind is not None:
+            kinds.append((kind, quarantine))
+    owners: dict[int, Any] = {}
+    for _, obj in named.values():
+        for kind, quarantine in kinds:
+            if is_a(obj, kind):
+                for pool in _http_pools(obj, quarantine):
+                    owners.setdefault(id(pool), obj)
+                break
+    return owners
+
+
+def _socket_open(sock: Any) -> bool:
+    """Whether a connection's socket (or TLS wrapper) has a descriptor."""
+    try:
+        return sock is not None and sock.fileno() >= 0
+    except Exception:  # noqa: BLE001  (a socket wrapper that fails once closed: closed)
+        return False
+
+
+def _origin(scheme: Any, host: Any, port: Any) -> str:
+    """``scheme://host:port``, from str or bytes (httpcore's ``Origin``); a
+    urllib3 pool made without a port has None, its scheme's default."""
+    text = [
+        part.decode("ascii", "replace") if isinstance(part, bytes) else part
+        for part in (scheme, host)
+    ]
+    return f"{text[0]}://{text[1]}" + ("" if port is None else f":{port}")
+
+
+def _pooled(
+    urllib3_pools: list[Any], httpcore_pools: list[Any], covered: set[int]
+) -> list[tuple[Any, list[str], str]]:
+    """(pool, the origin of each connection in it whose socket is open, the
+    library's issue), for the pools and connections not in ``covered``."""
+    found = []
+    for pool in urllib3_pools:
+        if id(pool) not in covered:
+            where = _origin(pool.scheme, pool.host, pool.port)
+            idle = [
+                c
+                for c in _urllib3._idle(pool)
+                if id(c) not in covered and _socket_open(getattr(c, "sock", None))
+            ]
+            found.append((pool, [where] * len(idle), " (urllib3 #850)"))
+    for pool in httpcore_pools:
+        if id(pool) not in covered:
+            origins = []
+            for conn, protocol, sock in _httpcore.connected(pool):
+                origin = vars(conn).get("_origin") or vars(protocol).get("_origin")
+                if _socket_open(sock) and origin is not None:
+                    origins.append(_origin(origin.scheme, origin.host, origin.port))
+            found.append((pool, origins, ""))
+    return [entry for entry in found if entry[1]]
+
+
+def _http_findings(
+    named: dict[int, tuple[str, Any]],
+    http: bool,
+    urllib3_pools: list[Any],
+    httpcore_pools: list[Any],
+) -> list[Finding]:
+    """The pooled HTTP connections with an open socket that the http
+    integration does not cover, one finding per client (or pool)."""
+    if not urllib3_pools and not httpcore_pools:
+        return []
+    owners = _http_owners(named)
+    by_owner: dict[int, tuple[Any, list[str], str]] = {}
+    for pool, origins, issue in _pooled(urllib3_pools, httpcore_pools, _http_covered()):
+        owner = owners.get(id(pool), pool)
+        by_owner.setdefault(id(owner), (owner, [], issue))[1].extend(origins)
+    findings = []
+    for owner, origins, issue in list(by_owner.values())[:LIMIT]:
+        findings.append(
+            finding(
+                "http",
+                f"{_called(named, owner)} holds {len(origins)} pooled connection(s) to "
+                f"{', '.join(dict.fromkeys(origins))}: a child's next request there goes out "
+                "on the parent's connection, and over TLS the parent's next request then "
+                f"fails; a child that shuts one down ends the parent's{issue}",
+                integration=None if http else "http",
+                track=HTTP_TRACK,
+                what=_name_of(named, owner) or "its client",
+                note="they were opened before the integration was enabled"
+                if http
+                else "the integration finds the clients made after it is enabled",
+            )
+        )
+    return findings
 
 
 # -- locks and thread pools ---------------------------------------------------

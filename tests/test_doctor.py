@@ -20,6 +20,7 @@ import pytest
 import atfork
 from atfork._doctor import diagnose, render
 from atfork.integrations import random as atfork_random
+from atfork.testing import run_python
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "integrations"))
 from db_servers import PG, require
@@ -610,3 +611,124 @@ def test_a_lock_held_at_the_fork(tmp_path: Path, doctor: Doctor, tracked: bool) 
     assert 1 == len(held), report["findings"]
     assert held[0]["problem"].startswith("app.state_lock (a _thread.lock) was held at the fork")
     assert held[0]["fix"] == "pass app.state_lock to atfork.integrations.threading.track()"
+
+
+# -- pooled HTTP connections ------------------------------------------------------
+
+HTTP_CLIENT = """
+CA = {ca!r}
+HTTPS = {url!r}
+URL = HTTPS + "/echo?who=doctor"
+{enable}
+{setup}
+{tracked}
+{use}
+assert "doctor" == got["who"], got
+{late}
+"""
+
+# library -> (making the client, then using it, with {close} where it may close it)
+HTTP_CLIENTS = {
+    "requests": (
+        "import requests\n"
+        "client = requests.Session()\n"
+        "client.trust_env = False\n"
+        "client.verify = CA",
+        "got = client.get(URL, timeout=15).json()\n{close}",
+    ),
+    "httpx": (
+        "import httpx, ssl\n"
+        "client = httpx.Client(verify=ssl.create_default_context(cafile=CA), trust_env=False)",
+        "got = client.get(URL, timeout=15).json()\n{close}",
+    ),
+    "botocore": (
+        "import botocore.session\n"
+        "client = botocore.session.get_session().create_client(\n"
+        '    "s3", region_name="us-east-1", endpoint_url=HTTPS, verify=CA,\n'
+        '    aws_access_key_id="test", aws_secret_access_key="test")',
+        'got = client.head_bucket(Bucket="doctor")["ResponseMetadata"]["HTTPHeaders"]\n'
+        'got = {{"who": got["x-who"]}}\n{close}',
+    ),
+    "httpx-async": (
+        "import asyncio, httpx, ssl\n"
+        "client = httpx.AsyncClient(verify=ssl.create_default_context(cafile=CA), "
+        "trust_env=False)",
+        "async def use():\n"
+        "    answer = (await client.get(URL, timeout=15)).json()\n"
+        "    {close}\n"
+        "    return answer\n"
+        "got = asyncio.run(use())",
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def http_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The http integration's local HTTP and HTTPS servers."""
+    require(None, "trustme")
+    from http_servers import start
+
+    with start(tmp_path_factory.mktemp("http-servers")) as running:
+        yield running
+
+
+@pytest.mark.parametrize("state", ["off", "enabled", "late", "tracked", "closed"])
+@pytest.mark.parametrize("library", list(HTTP_CLIENTS))
+def test_a_pooled_http_connection(
+    tmp_path: Path, doctor: Doctor, http_servers: Any, library: str, state: str
+) -> None:
+    """A client holding a keep-alive TLS connection in its pool is a finding naming it,
+    the connection's host and port, and the http integration (or http.track()); with
+    http enabled after it connected, http.track() alone; with http enabled before the
+    client was made, the client tracked, or closed, it is not."""
+    require(None, library.split("-")[0])
+    setup, use = HTTP_CLIENTS[library]
+    close = {"httpx-async": "await client.aclose()"}.get(library, "client.close()")
+    (tmp_path / "app.py").write_text(
+        HTTP_CLIENT.format(
+            ca=http_servers.ca,
+            url=http_servers.https,
+            enable=ENABLE.format(names='"http"') if state == "enabled" else "",
+            late=ENABLE.format(names='"http"') if state == "late" else "",
+            setup=setup,
+            tracked="from atfork.integrations import http\nhttp.track(client)"
+            if state == "tracked"
+            else "",
+            use=use.format(close=close if state == "closed" else "pass"),
+        )
+    )
+    done = doctor("--json", "app.py")
+    report = report_of(done)
+    pooled = found(report, "http")
+    if state not in ("off", "late"):
+        assert ([], 0) == (report["findings"], done.returncode)
+        return
+    assert 1 == len(pooled), report["findings"]
+    assert (
+        f" app.client holds 1 pooled connection(s) to {http_servers.https}: "
+        in (pooled[0]["problem"])
+    )
+    fix = "pass app.client to atfork.integrations.http.track()"
+    if state == "off":
+        assert "http" == pooled[0]["integration"]
+        fix = f"enable the http integration, or {fix}"
+    else:  # the integration does not find what connected before it was enabled
+        assert (True, None) == (report["integrations"]["http"], pooled[0]["integration"])
+    assert "atfork.integrations.http.track" == pooled[0]["track"]
+    assert pooled[0]["fix"].startswith(fix), pooled[0]["fix"]
+
+
+HTTP_LIBRARIES = ("urllib3", "requests", "botocore", "httpcore", "httpx")
+
+
+def test_the_inspection_imports_no_http_library() -> None:
+    """Doctor looks for pooled connections without importing an HTTP library the
+    program did not import."""
+    require(None, *HTTP_LIBRARIES)
+    run = run_python(
+        "import sys\n"
+        "from atfork._inspection import inspect\n"
+        "inspect({'http': False})\n"
+        f"print(sorted(set({HTTP_LIBRARIES!r}) & set(sys.modules)))\n"
+    )
+    assert (0, "[]") == (run.returncode, run.stdout.strip()), run.stderr

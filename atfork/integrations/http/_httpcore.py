@@ -23,7 +23,7 @@ from typing import Any
 
 from atfork.integrations import _quarantine as q
 
-__all__ = ["FOUND", "KINDS", "TRACKABLE", "quarantine_pool"]
+__all__ = ["FOUND", "KINDS", "TRACKABLE", "connected", "quarantine_pool"]
 
 # How far _connection attributes nest: a proxy's connection wraps an
 # HTTPConnection, which wraps the HTTP/1.1 or HTTP/2 one.
@@ -43,13 +43,20 @@ def _protocol_connection(conn: Any) -> Any:
     return None
 
 
-def quarantine_pool(pool: Any, neutralise: q.Neutraliser) -> None:
-    """Neutralise every connection of an httpcore pool and mark it expired."""
+def connected(pool: Any) -> list[tuple[Any, Any, Any]]:
+    """(connection, the object holding its stream, its socket or None) for
+    every connection of an httpcore pool that connected."""
+    found = []
     for conn in list(vars(pool).get("_connections") or ()):
         protocol = _protocol_connection(conn)
-        if protocol is None:
-            continue
-        sock = protocol._network_stream.get_extra_info("socket")
+        if protocol is not None:
+            found.append((conn, protocol, protocol._network_stream.get_extra_info("socket")))
+    return found
+
+
+def quarantine_pool(pool: Any, neutralise: q.Neutraliser) -> None:
+    """Neutralise every connection of an httpcore pool and mark it expired."""
+    for _, protocol, sock in connected(pool):
         if sock is not None:
             neutralise(sock.fileno())
         if "_expire_at" in vars(protocol):
