@@ -1,0 +1,81 @@
+"""With gevent monkey-patched, atfork's child callbacks run exactly once in
+each child: for the patched ``os.fork`` (gevent's, which forks and then
+reinitialises its hub), ``gevent.fork``, multiprocessing's ``fork`` start
+method, and also when the child reinitialises the hub again or calls
+``atfork.check()``. Real gevent, each case in a fresh interpreter."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+from free_threading import FREE_THREADED, NEEDS_GIL
+
+from atfork.testing import run_python
+
+if FREE_THREADED:
+    pytestmark = pytest.mark.skip(reason=NEEDS_GIL["gevent"])
+else:
+    pytest.importorskip("gevent", reason="gevent is not installed")
+
+PROGRAM = """
+from gevent import monkey
+monkey.patch_all()
+
+import json, multiprocessing, os, sys
+import gevent, gevent.hub
+import atfork, atfork.integrations
+
+atfork.integrations.enable("threading", "logging", "stdio")
+ran = []
+atfork.atfork(child=lambda: ran.append(os.getpid()), name="counts its runs")
+
+def in_child():
+    first = list(ran)
+    gevent.hub.reinit()  # what gevent does after its fork; again here
+    gevent.sleep(0)  # the child's hub runs
+    atfork.check()  # nothing to do: the callbacks ran in this process
+    return {"first": first, "last": list(ran), "pid": os.getpid()}
+
+def report(result):
+    sys.stdout.write(json.dumps(result) + "\\n")
+    sys.stdout.flush()
+
+def through_fork(fork):
+    read, write = os.pipe()
+    pid = fork()
+    if pid == 0:
+        try:
+            os.write(write, json.dumps(in_child()).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read) as answer:
+        return json.loads(answer.read())
+
+def target(queue):
+    queue.put(in_child())
+
+if MODE == "os.fork":
+    report(through_fork(os.fork))
+elif MODE == "gevent.fork":
+    report(through_fork(gevent.fork))
+else:
+    context = multiprocessing.get_context("fork")
+    queue = context.SimpleQueue()
+    process = context.Process(target=target, args=(queue,))
+    process.start()
+    report(queue.get())
+    process.join()
+"""
+
+
+@pytest.mark.parametrize("mode", ["os.fork", "gevent.fork", "multiprocessing"])
+def test_child_callbacks_run_once_per_child(mode: str) -> None:
+    source = f"MODE = {mode!r}\n" + textwrap.dedent(PROGRAM)
+    result = run_python(source, timeout=60)
+    assert 0 == result.returncode, result.stderr
+    found = json.loads(result.stdout.splitlines()[-1])
+    assert [found["pid"]] == found["first"] == found["last"]
