@@ -161,6 +161,9 @@ class ProcessLocal(Generic[T]):
     __call__ = get
 
     def _create(self) -> T:
+        # Again here, in case someone unregistered the hook (a test suite's
+        # clean-up, say): from this process's next fork on it works again.
+        _ensure_hook()
         token = _process.token
         guard = self._guard
         if guard.token is not token:

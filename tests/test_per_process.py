@@ -295,6 +295,18 @@ def test_one_hook_serves_every_instance() -> None:
     assert 1 == len(before)
 
 
+def test_an_unregistered_hook_comes_back_with_the_next_creation() -> None:
+    """If the shared hook is unregistered, the next object made registers it
+    again, so the next child still gets an object of its own."""
+    local = atfork.per_process(Worker)
+    for hook in atfork.hooks():
+        if hook.name == "atfork.per_process":
+            hook.unregister()
+    parent = local.get()
+    assert 1 == sum(h.name == "atfork.per_process" for h in atfork.hooks())
+    assert run_in_child(lambda: local.get() is not parent)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
