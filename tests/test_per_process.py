@@ -222,6 +222,35 @@ def test_threads_racing_get_make_one_object() -> None:
     assert (1, 1) == run_in_child(race)
 
 
+def test_a_creation_in_another_thread_at_the_fork_does_not_block_the_child() -> None:
+    """A child forked while another thread is inside the factory (holding
+    the creation lock) makes its own object at once."""
+    entered, release = threading.Event(), threading.Event()
+    blocking = [True]
+
+    def factory() -> int:
+        if blocking[0]:
+            entered.set()
+            release.wait(60)
+        return os.getpid()
+
+    local = atfork.per_process(factory)
+    maker = threading.Thread(target=local.get)
+    maker.start()
+    try:
+        assert entered.wait(30)
+
+        def in_child() -> bool:
+            blocking[0] = False
+            return local.get() == os.getpid()
+
+        assert run_in_child(in_child, timeout=10)
+    finally:
+        release.set()
+        maker.join(30)
+    assert os.getpid() == local.get()
+
+
 def test_grandchild_gets_its_own_and_inherits_the_childs() -> None:
     """A child of a child makes its own object, and its on_inherit gets the
     child's object, not the grandparent's."""
