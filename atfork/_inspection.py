@@ -284,6 +284,8 @@ def inspect(
     findings += _http_findings(
         named, on.get("http", False), heap.of(urllib3_pool), heap.of(*httpcore_pools)
     )
+    if others and not on.get("prometheus"):
+        findings += _prometheus_findings()
     return Inspection(
         findings,
         names,
@@ -647,6 +649,24 @@ def _django_findings(wrappers: list[Any]) -> list[Finding]:
             )
         )
     return findings
+
+
+def _prometheus_findings() -> list[Finding]:
+    """prometheus_client in multiprocess mode while other threads are alive
+    (without them, no other thread can hold its lock at the fork)."""
+    values = sys.modules.get("prometheus_client.values")
+    if not getattr(getattr(values, "ValueClass", None), "_multiprocess", False):
+        return []
+    return [
+        finding(
+            "prometheus",
+            "prometheus_client is in multiprocess mode (PROMETHEUS_MULTIPROC_DIR) while other "
+            "threads are alive: its metric values share one lock, and a child forked while "
+            "one of them updates a metric hangs on its own first update "
+            "(prometheus/client_python issue 431)",
+            integration="prometheus",
+        )
+    ]
 
 
 def _open(conn: Any) -> bool:

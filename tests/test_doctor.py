@@ -546,6 +546,36 @@ def test_an_open_django_connection(tmp_path: Path, doctor: Doctor, enabled: bool
     assert ("django", None) == (django[0]["integration"], django[0]["track"])
 
 
+PROMETHEUS = """
+import threading
+{enable}
+from prometheus_client import Counter
+jobs = Counter("jobs", "jobs done")
+jobs.inc()
+threading.Thread(target=threading.Event().wait, name="poller", daemon=True).start()
+"""
+
+
+@pytest.mark.parametrize("enabled", [False, True])
+def test_prometheus_in_multiprocess_mode_with_threads(
+    tmp_path: Path, doctor: Doctor, enabled: bool
+) -> None:
+    """prometheus_client in multiprocess mode with another thread alive is a
+    finding for the prometheus integration; with it enabled it is covered."""
+    pytest.importorskip("prometheus_client", reason="prometheus_client is not installed")
+    enable = ENABLE.format(names='"prometheus"') if enabled else ""
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "app.py").write_text(PROMETHEUS.format(enable=enable))
+    done = doctor("--json", "app.py", env={"PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")})
+    prometheus = found(report_of(done), "prometheus")
+    if enabled:
+        assert [] == prometheus
+        return
+    assert 1 == len(prometheus), report_of(done)["findings"]
+    assert "client_python issue 431" in prometheus[0]["problem"]
+    assert ("prometheus", None) == (prometheus[0]["integration"], prometheus[0]["track"])
+
+
 PENDING = """
 {enable}
 print("left in the buffer at import")

@@ -17,6 +17,9 @@ import atfork
 # The directory holding the atfork package, for the interpreters started here.
 SOURCE = os.path.dirname(atfork.__path__[0])
 
+# What run enables when told nothing: every built-in integration but uwsgi.
+DEFAULT = ["db", "django", "http", "logging", "prometheus", "random", "stdio", "threading"]
+
 REPORT = """
 import json, os, sys
 from atfork import integrations
@@ -40,8 +43,8 @@ def test_runs_a_script_as_main_with_its_arguments(
     assert {
         "name": "__main__",
         "argv": ["report.py", "a", "--flag"],
-        "enabled": ["db", "django", "http", "logging", "random", "stdio", "threading"],
-        "variable": "db,django,http,logging,random,stdio,threading",
+        "enabled": DEFAULT,
+        "variable": ",".join(DEFAULT),
     } == json.loads(done.stdout)
 
 

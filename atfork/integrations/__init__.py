@@ -26,6 +26,7 @@ __all__ = [
     "PRIORITY_DJANGO",
     "PRIORITY_HTTP",
     "PRIORITY_LOGGING",
+    "PRIORITY_PROMETHEUS",
     "PRIORITY_RANDOM",
     "PRIORITY_STDIO",
     "PRIORITY_THREADING",
@@ -42,6 +43,7 @@ BUILTIN: tuple[str, ...] = (
     "django",
     "http",
     "logging",
+    "prometheus",
     "random",
     "stdio",
     "threading",
@@ -62,11 +64,15 @@ VARIABLE = "ATFORK_INTEGRATIONS"
 # child callback may print or log, and the failure of one is reported on
 # sys.stderr. Django's wrappers are repaired after the db integration
 # quarantined the driver connections under them (either order works: each
-# quarantine is idempotent).
+# quarantine is idempotent). prometheus_client's shared lock is repaired
+# with the other locks, before any user child callback counts something.
+
 #: The buffered-file repair of the ``stdio`` and ``logging`` integrations.
 PRIORITY_BUFFERS = 1500
 #: The ``threading`` integration.
 PRIORITY_THREADING = 1400
+#: The ``prometheus`` integration.
+PRIORITY_PROMETHEUS = 1350
 #: The ``stdio`` integration.
 PRIORITY_STDIO = 1300
 #: The ``logging`` integration.
