@@ -108,22 +108,18 @@ class HookSlot:
 
 class ForkStates(dict[int, T]):
     """What the prepare phase of each fork in progress found, by forking
-    thread (``_thread.get_ident()``): two threads may fork at once.
+    thread: two threads may fork at once.
 
-    Each phase makes one call here and touches only its own entry: the
-    child's :meth:`take_in_child` also drops the forks of the other threads,
-    cut short (those threads are not in the child).
+    Prepare stores its state under ``_thread.get_ident()``, and the parent
+    pops it (``states.pop(get_ident(), None)``); both are written out there
+    as dict operations, not calls here: every object a parent phase touches
+    (a function called is one) is a page it writes at each fork, which the
+    kernel copies. The child calls :meth:`take_in_child`, which also drops
+    the forks of the other threads, cut short (those threads are not in
+    the child).
     """
 
     __slots__ = ()
-
-    def start(self, state: T) -> None:
-        """In prepare: the state of this thread's fork."""
-        self[get_ident()] = state
-
-    def take(self, default: T | None = None) -> T | None:
-        """In the parent: the state of this thread's fork, forgotten."""
-        return self.pop(get_ident(), default)
 
     def take_in_child(self, default: T | None = None) -> T | None:
         """In the child: the state of the fork that made it, and no other."""

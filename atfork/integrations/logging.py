@@ -93,6 +93,7 @@ import logging
 import sys
 import threading
 from _thread import _count as _thread_count
+from _thread import get_ident
 from typing import Any
 
 from atfork.integrations import PRIORITY_LOGGING, _buffers, _rotation, _streams
@@ -157,7 +158,7 @@ def _prepare() -> None:
     # Threads started by threading or _thread, and foreign threads that
     # logged (a LogRecord registers them with threading).
     if _thread_count() == 0 and len(_threads) <= 1:
-        _forks.start(_ALONE)
+        _forks[get_ident()] = _ALONE
         return
 
     fork = _Fork()
@@ -179,7 +180,7 @@ def _prepare() -> None:
         # Neither parent nor child will run for this fork: let go at once.
         _parent_release(fork)
         raise
-    _forks.start(fork)
+    _forks[get_ident()] = fork
 
     handlers_module = sys.modules.get("logging.handlers")
     if handlers_module is not None:
@@ -199,7 +200,7 @@ def _parent_release(fork: _Fork) -> None:
 
 
 def _parent() -> None:
-    fork = _forks.take()
+    fork = _forks.pop(get_ident(), None)
     if fork is not None and fork.threaded:
         _parent_release(fork)
         _spent.append(fork)

@@ -112,6 +112,7 @@ import sys
 import sysconfig
 import threading
 import weakref
+from _thread import get_ident
 from typing import Any, Callable
 
 from atfork.integrations import PRIORITY_RANDOM
@@ -601,7 +602,7 @@ def _prune() -> None:
 
 
 def _derived_prepare() -> None:
-    _pending.start(next(_children))
+    _pending[get_ident()] = next(_children)
     _fresh_prepare()
 
 
@@ -614,11 +615,11 @@ def _count_threads() -> None:
     """Note whether the forking thread is alone: only then can the child
     reseed torch (see "Limits" above). Counted only if torch is imported."""
     if "torch" in sys.modules:
-        _not_alone.start(len(threading._active) > 1)  # type: ignore[attr-defined]
+        _not_alone[get_ident()] = len(threading._active) > 1  # type: ignore[attr-defined]
 
 
 def _derived_parent() -> None:
-    _pending.take()
+    _pending.pop(get_ident(), None)
 
 
 # child

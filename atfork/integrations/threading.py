@@ -568,7 +568,7 @@ def _prepare() -> None:
 
 
 def _parent() -> None:
-    fork = _forks.take()
+    fork = _forks.pop(get_ident(), None)
     if fork is None:
         return
     for lock in fork.held:
@@ -601,6 +601,9 @@ def _child() -> None:
     error: BaseException | None = None
     for lock in fork.held:
         lock.release()
+    # Prepare found these held by another thread: re-created without the
+    # ownership test of _toolkit.renew_locks, which prepare's acquire(False)
+    # made already.
     for entry, _, lock in fork.busy:
         try:
             lock._at_fork_reinit()
