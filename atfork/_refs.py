@@ -21,12 +21,11 @@ import sys
 import types
 import weakref
 from types import FrameType
-from typing import Any, Callable
+from typing import Callable
 
 __all__ = [
     "Callback",
     "check_callback",
-    "ref_or_strong",
     "refcounts",
     "unreferenced",
     "weak_call",
@@ -190,26 +189,6 @@ class _WeakBuiltinMethod:
     def __call__(self) -> Callback | None:
         obj = self._self()
         return None if obj is None else getattr(obj, self._name)
-
-
-def ref_or_strong(obj: object, callback: Callable[[Any], object]) -> Callable[[], Any]:
-    """A weak reference to ``obj`` that calls ``callback`` when it dies, or,
-    for an object that cannot be weakly referenced (numpy generators,
-    sqlite3 connections), a strong one, dereferenced the same way."""
-    try:
-        return weakref.ref(obj, callback)
-    except TypeError:
-        return _Strong(obj)
-
-
-class _Strong:
-    __slots__ = ("_obj",)
-
-    def __init__(self, obj: object) -> None:
-        self._obj = obj
-
-    def __call__(self) -> object:
-        return self._obj
 
 
 # -- Weak callbacks nothing else refers to -------------------------------------

@@ -48,8 +48,8 @@ import sys
 import weakref
 from typing import Any, Callable, TypeVar
 
-import atfork
 from atfork.integrations import PRIORITY_BUFFERS
+from atfork.integrations._toolkit import HookSlot
 
 __all__ = ["start", "stop", "track"]
 
@@ -67,7 +67,7 @@ _SINK_BUFFER_SIZE = 64
 # The integrations using this module (stdio, logging): it is active while
 # any is. A set rather than a count: starting twice for one user is once.
 _users: set[str] = set()
-_hook: atfork.Hook | None = None
+_hook = HookSlot()
 
 # The files covered, by id: a weak reference to each (a KeyedRef whose key
 # is the id), dropped when the file dies. Found ones are forgotten when the
@@ -186,27 +186,23 @@ def start(user: str) -> None:
     """Start covering buffered files for ``user`` (an integration's name);
     the first user scans the heap, replaces ``open`` and registers the child
     callback."""
-    global _hook
     first = not _users
     _users.add(user)
     if first:
         _scan()
         _replace_open()
-        _hook = atfork.atfork(child=_child, priority=PRIORITY_BUFFERS, name=__name__)
+    _hook.register(child=_child, priority=PRIORITY_BUFFERS, name=__name__)
 
 
 def stop(user: str) -> None:
     """Stop for ``user``; the last user puts ``open`` back and forgets the
     found files (not the tracked ones)."""
-    global _hook
     if user not in _users:
         return
     _users.discard(user)
     if not _users:
         _restore_open()
-        if _hook is not None:
-            _hook.unregister()
-            _hook = None
+        _hook.release()
         _found.clear()
 
 

@@ -25,8 +25,13 @@ import sysconfig
 import weakref
 from typing import Any, Callable, TypeVar
 
-import atfork
-from atfork._refs import ref_or_strong
+from atfork.integrations._toolkit import (
+    HookSlot,
+    Versioned,
+    keep_forever,
+    prepare_keep_forever,
+    ref_or_strong,
+)
 
 __all__ = [
     "FREE_THREADED",
@@ -35,9 +40,9 @@ __all__ = [
     "Patches",
     "Quarantine",
     "Registry",
-    "leak",
+    "keep_forever",
     "per_type",
-    "prepare_leak",
+    "prepare_keep_forever",
     "registering_init",
 ]
 
@@ -98,27 +103,21 @@ class _Entry:
         self.alive = alive
 
 
-class Registry:
-    """The objects one integration quarantines in each child."""
+class Registry(Versioned[int, _Entry, tuple[int, _Entry]]):
+    """The objects one integration quarantines in each child: every change
+    of ``entries`` makes a new version, and take() copies the entries once
+    per version."""
 
-    __slots__ = ("_taken", "_version", "entries")
+    __slots__ = ()
 
     def __init__(self) -> None:
-        self.entries: dict[int, _Entry] = {}
-        # Every change of ``entries`` makes a new version; take() copies the
-        # entries once per version (the tag read before the copy, so that a
-        # change the copy missed makes it stale).
-        self._version = object()
-        self._taken: tuple[object, tuple[tuple[int, _Entry], ...]] = (None, ())
-
-    def _changed(self) -> None:
-        self._version = object()
+        super().__init__(dict.items)
 
     def _forget(self, key: int, ref: weakref.ref[Any]) -> None:
         entry = self.entries.get(key)
         if entry is not None and entry.get is ref:
             self.entries.pop(key, None)
-            self._changed()
+            self.changed()
 
     def register(
         self,
@@ -141,21 +140,21 @@ class Registry:
             auto = auto and old.auto
         get = ref_or_strong(obj, functools.partial(self._forget, key))  # sqlite3: strong
         self.entries[key] = _Entry(get, quarantine, auto, keep, alive)
-        self._changed()
+        self.changed()
 
     def forget_auto(self) -> None:
         """Drop the registrations made by enable()'s discovery."""
         for key, entry in list(self.entries.items()):
             if entry.auto:
                 self.entries.pop(key, None)
-        self._changed()
+        self.changed()
 
     def prune(self) -> None:
         """Release strongly held objects that were closed since (parent side)."""
         for key, entry in list(self.entries.items()):
             if entry.alive is not None and not entry.alive(entry.get()):
                 self.entries.pop(key, None)
-                self._changed()
+                self.changed()
 
     def tracked_count(self) -> int:
         return len(self.entries)
@@ -166,10 +165,7 @@ class Registry:
         the child then never reads the parent's dict: on the free-threaded
         build its lock may be held there by a thread the child does not have
         (one registering a connection at the fork)."""
-        version, _ = self._taken
-        if version is not self._version:
-            version = self._version  # before the copy
-            self._taken = (version, tuple(self.entries.copy().items()))
+        self.copy()
 
     def quarantine_all(self, *, taken: bool = False) -> None:
         """The child pass: quarantine every live registered object (those
@@ -184,7 +180,7 @@ class Registry:
         items = self._taken[1] if taken else tuple(self.entries.items())
         if taken:
             self.entries = dict(items)
-            self._changed()
+            self.changed()
         neutralise = Neutraliser()
         error: Exception | None = None
         try:
@@ -194,7 +190,7 @@ class Registry:
                     continue
                 if not entry.keep:
                     self.entries.pop(key, None)
-                    self._changed()
+                    self.changed()
                 try:
                     entry.quarantine(obj, neutralise)
                 except Exception as exc:  # noqa: BLE001  (reported after the others ran)
@@ -227,7 +223,7 @@ class ChildPass:
         self._registry = registry
         self._priority = priority
         self._name = name
-        self._hook: atfork.Hook | None = None
+        self._hook = HookSlot()
 
     def _prepare(self) -> None:
         self._registry.take()
@@ -237,46 +233,16 @@ class ChildPass:
 
     def ensure(self) -> None:
         """Register the hook unless it is registered."""
-        if self._hook is None or not self._hook.active:
-            self._hook = atfork.atfork(
-                prepare=self._prepare if FREE_THREADED else None,
-                child=self._child,
-                priority=self._priority,
-                name=self._name,
-            )
+        self._hook.register(
+            prepare=self._prepare if FREE_THREADED else None,
+            child=self._child,
+            priority=self._priority,
+            name=self._name,
+        )
 
     def remove(self) -> None:
         """Unregister the hook, if it is registered."""
-        if self._hook is not None:
-            self._hook.unregister()
-            self._hook = None
-
-
-# -- never finalising an object ----------------------------------------------
-
-_incref: Callable[[object], None] | None = None
-_kept: list[object] = []
-
-
-def prepare_leak() -> None:
-    """Make :func:`leak` ready; called in the parent, so a child imports nothing."""
-    global _incref
-    if _incref is None:
-        try:
-            import ctypes
-        except ImportError:  # pragma: no cover  (CPython without ctypes)
-            return
-        _incref = ctypes.PYFUNCTYPE(None, ctypes.py_object)(("Py_IncRef", ctypes.pythonapi))
-
-
-def leak(obj: object) -> None:
-    """Keep ``obj`` alive for good: its finaliser never runs in this process,
-    not even at interpreter exit (a reference nobody releases, where a list
-    would be cleared at shutdown)."""
-    if _incref is not None:
-        _incref(obj)
-    else:  # pragma: no cover  (without ctypes: kept until shutdown only)
-        _kept.append(obj)
+        self._hook.release()
 
 
 # -- patches installed by enable() -----------------------------------------------

@@ -13,15 +13,15 @@ when it is garbage collected, or destroyed at interpreter exit).
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import sys
-from typing import Any, Callable
+from typing import Any
+
+from atfork.integrations._toolkit import prepare_keep_forever
 
 __all__ = [
     "fresh_copy",
-    "keep_forever",
     "prepare_spares",
     "replaceable",
     "replaced",
@@ -31,7 +31,7 @@ __all__ = [
 #: In a child, the standard streams the stdio integration replaced: id of
 #: the inherited object -> its replacement. The logging integration points
 #: handlers at the replacements. An id stays valid: the inherited object is
-#: never freed (see keep_forever).
+#: never freed (see ``_toolkit.keep_forever``).
 replaced: dict[int, io.TextIOWrapper] = {}
 
 
@@ -130,45 +130,6 @@ def take_spare(stream: io.TextIOWrapper) -> io.TextIOWrapper:
     return fresh_copy(stream)
 
 
-def _find_incref() -> Callable[[object], None] | None:
-    try:
-        import ctypes
-
-        incref = ctypes.pythonapi.Py_IncRef
-    except (ImportError, AttributeError, OSError):  # pragma: no cover  (CPython has them)
-        return None
-    incref.argtypes = [ctypes.py_object]
-    incref.restype = None
-    return incref
-
-
-# Looked up once, when an integration that replaces streams is imported:
-# importing ctypes in a child at fork time would cost milliseconds.
-_incref = _find_incref()
-
-# The streams set aside in this process, kept alive until it ends.
-_kept: list[object] = []
-
-
-def keep_forever(stream: object) -> None:
-    """Keep an inherited stream alive until the process ends, so that it is
-    never finalized: finalizing would flush it (repeating the parent's
-    pending output, or hanging on its lock) and close it.
-
-    Until interpreter exit a reference from this module keeps it. Exit
-    clears modules and collects what they held, so at exit (an
-    :mod:`atexit` function, which runs before that) one reference to each is
-    leaked: a stream and its buffer, a few kilobytes, outlive the
-    interpreter's teardown and the process ends without finalizing them. A
-    process that ends with ``os._exit`` finalizes nothing anyway.
-    """
-    _kept.append(stream)
-
-
-def _leak_kept() -> None:
-    if _incref is not None:
-        for stream in _kept:
-            _incref(stream)
-
-
-atexit.register(_leak_kept)
+# Ready when an integration that replaces streams is imported, not in a
+# child at fork time.
+prepare_keep_forever()

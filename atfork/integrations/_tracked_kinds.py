@@ -16,6 +16,7 @@ from operator import attrgetter
 from typing import Any, Callable
 
 from atfork.integrations._executors import repair_executor
+from atfork.integrations._toolkit import LOCK, RLOCKS, Subclasses
 
 __all__ = [
     "LOCK",
@@ -26,11 +27,6 @@ __all__ = [
     "repair_semaphore",
     "stop_counting",
 ]
-
-LOCK: type = type(threading.Lock())
-RLOCKS: tuple[type, ...] = tuple(
-    {type(threading.RLock()), getattr(threading, "_PyRLock", type(threading.RLock()))}
-)
 
 
 def _clear_waiters(condition: Any) -> None:
@@ -62,7 +58,7 @@ def _repair_queue(queue: Any, me: int) -> bool:
 # only while holding the semaphore's condition, and each change is one store
 # here, so a fork never sees the value and its owners disagree.
 _SEMAPHORE_STATE = "_atfork_state"
-_counting_classes: dict[type, type] = {}
+_counting = Subclasses()
 
 
 def _get_value(semaphore: Any) -> int:
@@ -83,22 +79,7 @@ def _set_value(semaphore: Any, value: int) -> None:
     state[_SEMAPHORE_STATE] = (value, held)
 
 
-def _counting_class(cls: type) -> type:
-    counting = _counting_classes.get(cls)
-    if counting is None:
-        counting = type(
-            cls.__name__,
-            (cls,),
-            {
-                "__slots__": (),
-                "__module__": cls.__module__,
-                "__qualname__": cls.__qualname__,
-                "__doc__": cls.__doc__,
-                "_value": property(_get_value, _set_value),
-            },
-        )
-        counting = _counting_classes.setdefault(cls, counting)
-    return counting
+_VALUE = property(_get_value, _set_value)
 
 
 def count_permits(semaphore: Any) -> None:
@@ -106,13 +87,13 @@ def count_permits(semaphore: Any) -> None:
     if _SEMAPHORE_STATE not in state:
         # Permits taken before this point have no known owner: never returned.
         state[_SEMAPHORE_STATE] = (state.pop("_value"), {})
-        semaphore.__class__ = _counting_class(type(semaphore))
+        _counting.switch(semaphore, {"__doc__": type(semaphore).__doc__, "_value": _VALUE})
 
 
 def stop_counting(semaphore: Any) -> None:
     state = semaphore.__dict__
     if _SEMAPHORE_STATE in state:
-        semaphore.__class__ = type(semaphore).__mro__[1]
+        _counting.restore(semaphore)
         state["_value"] = state.pop(_SEMAPHORE_STATE)[0]
 
 

@@ -92,7 +92,7 @@ _enabled = False
 def _leak(conn: Any, neutralise: q.Neutraliser) -> None:
     # A driver the db integration does not know: never finalised here, so
     # whatever its finaliser would send never reaches the parent's session.
-    q.leak(conn)
+    q.keep_forever(conn)
 
 
 def _forget(quarantine: q.Quarantine, wrapper: Any, neutralise: q.Neutraliser) -> None:
@@ -123,7 +123,7 @@ def _connection_quarantine(conn: Any) -> q.Quarantine:
         found = find(conn)
         if found is not None:
             return found
-    q.prepare_leak()
+    q.prepare_keep_forever()
     return _leak
 
 

@@ -96,8 +96,15 @@ from _thread import _count as _thread_count
 from _thread import get_ident
 from typing import Any
 
-import atfork
 from atfork.integrations import PRIORITY_LOGGING, _buffers, _rotation, _streams
+from atfork.integrations._toolkit import (
+    LOCK_TYPES,
+    RLOCK_TYPES,
+    ForkStates,
+    HookSlot,
+    keep_forever,
+    renew_locks,
+)
 
 __all__ = ["disable", "enable", "is_enabled"]
 
@@ -105,9 +112,6 @@ __all__ = ["disable", "enable", "is_enabled"]
 _module_lock: Any = vars(logging)["_lock"]
 _handler_refs: list[Any] = vars(logging)["_handlerList"]  # weak references to every handler
 _threads: dict[int, threading.Thread] = vars(threading)["_active"]
-
-_RLOCK_TYPES = frozenset({type(threading.RLock()), vars(threading)["_PyRLock"]})
-_LOCK_TYPES = frozenset({type(threading.Lock()), *_RLOCK_TYPES})
 
 
 class _Fork:
@@ -132,8 +136,8 @@ class _Fork:
 # The fork of a process with one thread: nothing to record.
 _ALONE = _Fork(threaded=False)
 
-# Forks in progress, by forking thread: two threads may fork at once.
-_forks: dict[int, _Fork] = {}
+# Forks in progress, by forking thread.
+_forks: ForkStates[_Fork] = ForkStates()
 
 # Forks done in this process, freed by the next prepare phase. A fork
 # write-protects every page of the parent: freeing a fork's state in the
@@ -165,7 +169,7 @@ def _prepare() -> None:
             acquired = fork.acquired
             for handler in handlers:
                 lock: Any = getattr(handler, "lock", None)
-                if type(lock) in _LOCK_TYPES:
+                if type(lock) in LOCK_TYPES:
                     if lock.acquire(False):
                         acquired.append(lock)
                     else:
@@ -203,9 +207,7 @@ def _parent() -> None:
 
 
 def _child() -> None:
-    fork = _forks.pop(get_ident(), None)
-    if _forks:
-        _forks.clear()  # forks of other threads: those threads are not here
+    fork = _forks.take_in_child()
     if fork is None:
         return
     threaded = fork.threaded
@@ -213,7 +215,7 @@ def _child() -> None:
         for lock in fork.acquired:
             # The standard library reset the handlers' locks it knows:
             # release only what is still held. No other thread can take it.
-            if lock._is_owned() if type(lock) in _RLOCK_TYPES else lock.locked():
+            if lock._is_owned() if type(lock) in RLOCK_TYPES else lock.locked():
                 lock.release()
         if fork.module_lock and _module_lock._is_owned():  # reset by the standard library
             _module_lock.release()
@@ -226,14 +228,14 @@ def _child() -> None:
         queue_module = sys.modules.get("queue")
         queue_type = queue_module.Queue if queue_module is not None else None
         for handler in handlers:
-            _renew(vars(handler).values(), queue_type)
+            renew_locks(vars(handler).values(), queue_type)
         for listener in fork.listeners:
-            _renew((listener.queue,), queue_type)
+            renew_locks((listener.queue,), queue_type)
         output = sys.modules.get("structlog._output")
         write_locks = getattr(output, "WRITE_LOCKS", None)
         if write_locks is not None:
             # A dict, or (structlog 26+) a WeakKeyDictionary and its dict.
-            _renew(getattr(write_locks, "data", write_locks).values(), None)
+            renew_locks(getattr(write_locks, "data", write_locks).values())
     _repair_streams(handlers, fork.busy if threaded else None)
     if fork.listeners:
         _repair_queues(handlers, fork.listeners)
@@ -242,25 +244,6 @@ def _child() -> None:
         for handler in handlers:
             if isinstance(handler, buffering):
                 handler.buffer.clear()  # the parent's records: the parent flushes them
-
-
-def _renew(values: Any, queue_type: Any) -> None:
-    """Re-create in place each lock among ``values``, in the conditions and,
-    one level down, in the queues among them, and forget the conditions'
-    waiters (threads of the parent). An ``RLock`` this thread holds is kept:
-    the forking thread may release it in the child."""
-    for value in values:
-        kind = type(value)
-        if kind in _LOCK_TYPES:
-            if kind not in _RLOCK_TYPES or not value._is_owned():
-                value._at_fork_reinit()
-        elif isinstance(value, threading.Condition):
-            lock = vars(value).get("_lock")
-            if type(lock) in _LOCK_TYPES:
-                _renew((lock,), None)
-            vars(value)["_waiters"].clear()
-        elif queue_type is not None and isinstance(value, queue_type):
-            _renew(tuple(vars(value).values()), None)
 
 
 def _repair_streams(handlers: list[logging.Handler], busy: list[logging.Handler] | None) -> None:
@@ -289,7 +272,7 @@ def _repair_streams(handlers: list[logging.Handler], busy: list[logging.Handler]
                 new = made[key] = _streams.take_spare(stream)
             except OSError:  # its descriptor was closed: nothing to write to anyway
                 continue
-            _streams.keep_forever(stream)
+            keep_forever(stream)
         # Set directly: setStream() would flush the inherited stream.
         attributes["stream"] = new
 
@@ -313,7 +296,7 @@ def _repair_queues(handlers: list[logging.Handler], listeners: list[Any]) -> Non
                 vars(handler)["enqueue"] = listener.handle
 
 
-_hook: atfork.Hook | None = None
+_hook = HookSlot()
 _shared_rotation = False
 
 
@@ -342,7 +325,7 @@ def enable(*, shared_rotation: bool = False) -> None:
 
     .. versionadded:: 0.1
     """
-    global _hook, _shared_rotation
+    global _shared_rotation
     if not isinstance(shared_rotation, bool):
         raise TypeError(f"shared_rotation must be a bool, not {type(shared_rotation).__name__}")
     _shared_rotation = shared_rotation
@@ -350,9 +333,9 @@ def enable(*, shared_rotation: bool = False) -> None:
         _share_rotation(ref() for ref in tuple(_handler_refs))
     else:
         _rotation.unshare()
-    if _hook is None:
+    if not _hook.active:
         _buffers.start(__name__)
-        _hook = atfork.atfork(_prepare, _parent, _child, priority=PRIORITY_LOGGING, name=__name__)
+        _hook.register(_prepare, _parent, _child, priority=PRIORITY_LOGGING, name=__name__)
 
 
 def disable() -> None:
@@ -361,13 +344,11 @@ def disable() -> None:
 
     .. versionadded:: 0.1
     """
-    global _hook, _shared_rotation
+    global _shared_rotation
     _shared_rotation = False
     _rotation.unshare()
-    if _hook is not None:
-        _hook.unregister()
-        _hook = None
-        _buffers.stop(__name__)
+    _hook.release()
+    _buffers.stop(__name__)
 
 
 def is_enabled() -> bool:
@@ -375,4 +356,4 @@ def is_enabled() -> bool:
 
     .. versionadded:: 0.1
     """
-    return _hook is not None
+    return _hook.active

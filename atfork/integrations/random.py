@@ -115,10 +115,9 @@ import weakref
 from _thread import get_ident
 from typing import Any, Callable
 
-import atfork
-from atfork._refs import ref_or_strong
 from atfork.integrations import PRIORITY_RANDOM
 from atfork.integrations._seed_sequence import Pool
+from atfork.integrations._toolkit import ForkStates, HookSlot, ref_or_strong, renew_locks
 
 __all__ = [
     "disable",
@@ -148,7 +147,7 @@ _LEFT_ALONE = "left alone"  # given to untrack(): neither reseeded nor found aga
 _stdlib_seed = random.seed  # the global instance's seed, as CPython reseeds it
 
 _mode: str | None = None
-_hooks: list[atfork.Hook] = []
+_hook = HookSlot()
 
 # The derived mode's root entropy, this process's spawn key, the seed pool
 # with that key mixed in, and the index of the next child.
@@ -156,13 +155,12 @@ _root: int | None = None
 _key: tuple[int, ...] = ()
 _pool: Pool | None = None
 _children = itertools.count()
-# The index of the child being forked, by forking thread, from prepare to
-# parent or child: two threads may fork at once.
-_pending: dict[int, int] = {}
-# Whether the forking thread had company at the fork, by forking thread,
-# while torch is imported (the parent keeps one entry per thread that forks:
-# no parent callback is spent on removing it).
-_not_alone: dict[int, bool] = {}
+# The index of the child being forked, from prepare to parent or child.
+_pending: ForkStates[int] = ForkStates()
+# Whether the forking thread had company at the fork, while torch is
+# imported (the parent keeps one entry per thread that forks: no parent
+# callback is spent on removing it).
+_not_alone: ForkStates[bool] = ForkStates()
 
 
 class _Tracked:
@@ -239,23 +237,19 @@ def enable(*, mode: str = "fresh", seed: int | None = None) -> None:
         _key = ()
         _pool = Pool.root(_root)
         _children = itertools.count()
-        _hooks.append(
-            atfork.atfork(
-                _derived_prepare,
-                _derived_parent,
-                _derived_child,
-                priority=PRIORITY_RANDOM,
-                name="atfork.integrations.random (derived)",
-            )
+        _hook.register(
+            _derived_prepare,
+            _derived_parent,
+            _derived_child,
+            priority=PRIORITY_RANDOM,
+            name="atfork.integrations.random (derived)",
         )
     else:
-        _hooks.append(
-            atfork.atfork(
-                prepare=_fresh_prepare,
-                child=_fresh_child,
-                priority=PRIORITY_RANDOM,
-                name="atfork.integrations.random (fresh)",
-            )
+        _hook.register(
+            prepare=_fresh_prepare,
+            child=_fresh_child,
+            priority=PRIORITY_RANDOM,
+            name="atfork.integrations.random (fresh)",
         )
     _mode = mode
 
@@ -267,8 +261,7 @@ def disable() -> None:
     .. versionadded:: 0.1
     """
     global _mode, _root, _pool, _key
-    while _hooks:
-        _hooks.pop().unregister()
+    _hook.release()
     _stop_finding()
     _mode = _root = _pool = None
     _key = ()
@@ -652,8 +645,7 @@ def _fresh_child() -> None:
 
 def _derived_child() -> None:
     global _key, _pool, _children
-    index = _pending.pop(get_ident(), None)
-    _pending.clear()  # forks of other threads of the parent: not in this process
+    index = _pending.take_in_child()
     if index is None:
         # No prepare phase ran (atfork.check() after a fork that bypassed
         # Python's hooks): this child's place is unknown; a random one keeps
@@ -693,8 +685,7 @@ def _reseed(
     if legacy is not None:
         _reseed_random_state(np_random, legacy, words, sequence, _STREAM_NUMPY)
     generator = getattr(sys.modules.get("torch"), "default_generator", None)
-    not_alone = _not_alone.pop(get_ident(), True)
-    _not_alone.clear()  # forks of other threads of the parent: not in this process
+    not_alone = _not_alone.take_in_child(True)
     if generator is not None and not not_alone:
         seed_words = words(_STREAM_TORCH)
         generator.manual_seed(seed_words[0] | seed_words[1] << 32)
@@ -719,7 +710,7 @@ def _reseed(
             _reseed_random_state(np_random, rng, words, sequence, entry.stream)
         else:
             bit_generator = rng.bit_generator if entry.kind == _GENERATOR else rng
-            _reset_lock(bit_generator.lock)
+            renew_locks((bit_generator.lock,))
             bit_generator.state = type(bit_generator)(sequence(np_random, entry.stream)).state
 
 
@@ -731,7 +722,7 @@ def _reseed_random_state(
     stream: int,
 ) -> None:
     bit_generator = state._bit_generator
-    _reset_lock(bit_generator.lock)
+    renew_locks((bit_generator.lock,))
     # Both take the lock just re-created, which nothing else can hold here,
     # and both drop the cached second normal of the Box-Muller pair, which
     # would otherwise be every child's first standard_normal().
@@ -739,24 +730,6 @@ def _reseed_random_state(
         state.seed(words(stream))  # init_by_array: far cheaper than MT19937(SeedSequence)
     else:
         state.set_state(type(bit_generator)(sequence(np_random, stream)).state)
-
-
-def _reset_lock(lock: Any) -> None:
-    """Make a numpy generator's lock free again in the child.
-
-    Only the forking thread exists in the child: a lock held by any other
-    thread of the parent would never be released. It is re-created in place
-    (``_at_fork_reinit``, what ``threading`` does for its own locks), unless
-    the forking thread holds it itself, which an ``RLock`` (numpy 2.3 and
-    later) can tell; numpy's older plain ``Lock`` cannot, so one held by the
-    forking thread across ``os.fork()`` is freed too.
-    """
-    is_owned = getattr(lock, "_is_owned", None)
-    if is_owned is not None and is_owned():
-        return
-    reinit = getattr(lock, "_at_fork_reinit", None)
-    if reinit is not None:
-        reinit()
 
 
 def _integer(words: list[int]) -> int:

@@ -93,14 +93,14 @@ from __future__ import annotations
 import sys
 from typing import TypeVar
 
-import atfork
 from atfork.integrations import PRIORITY_STDIO, _buffers, _streams
+from atfork.integrations._toolkit import HookSlot, keep_forever
 
 __all__ = ["disable", "enable", "is_enabled", "track"]
 
 F = TypeVar("F")
 
-_hook: atfork.Hook | None = None
+_hook = HookSlot()
 
 # The standard streams: (sys attribute, the interpreter's own object).
 _NAMES = (("stdout", "__stdout__"), ("stderr", "__stderr__"))
@@ -125,7 +125,7 @@ def _child() -> None:
             new = _streams.take_spare(stream)
         except OSError:  # its descriptor was closed: nothing to write to anyway
             continue
-        _streams.keep_forever(stream)
+        keep_forever(stream)
         setattr(sys, own_name, new)
         setattr(sys, name, new)
         replaced[id(stream)] = new
@@ -137,10 +137,9 @@ def enable() -> None:
 
     .. versionadded:: 0.1
     """
-    global _hook
-    if _hook is None:
+    if not _hook.active:
         _buffers.start(__name__)
-        _hook = atfork.atfork(_prepare, None, _child, priority=PRIORITY_STDIO, name=__name__)
+        _hook.register(_prepare, None, _child, priority=PRIORITY_STDIO, name=__name__)
 
 
 def disable() -> None:
@@ -149,12 +148,9 @@ def disable() -> None:
 
     .. versionadded:: 0.1
     """
-    global _hook
-    if _hook is not None:
-        _hook.unregister()
-        _hook = None
-        _streams.replaced.clear()
-        _buffers.stop(__name__)
+    _hook.release()
+    _streams.replaced.clear()
+    _buffers.stop(__name__)
 
 
 def track(file: F) -> F:
@@ -186,4 +182,4 @@ def is_enabled() -> bool:
 
     .. versionadded:: 0.1
     """
-    return _hook is not None
+    return _hook.active

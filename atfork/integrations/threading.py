@@ -128,7 +128,6 @@ from types import ModuleType
 from typing import Any, Callable, TypeVar
 
 import atfork
-from atfork._refs import check_callback
 from atfork.integrations import (
     PRIORITY_THREADING,
     _event_loops,
@@ -137,6 +136,7 @@ from atfork.integrations import (
     _mp_queues,
 )
 from atfork.integrations._imports import when_imported
+from atfork.integrations._toolkit import ForkStates, HookSlot, Versioned, check_callback
 from atfork.integrations._tracked_kinds import (
     Kind,
     count_permits,
@@ -190,36 +190,18 @@ class _Entry:
     reset_in: int
 
 
-# Tracked objects by id(). A mutation is one dict operation followed by a
-# new version, a fresh object; the prepare phase reuses the snapshot when it
-# is tagged with the current version and rebuilds it otherwise. The tag is
-# the version read before the copy, so a change the copy missed makes it
-# stale (see atfork._registry). No lock: a weak reference callback run in
-# the middle of a fork cannot deadlock, and nothing relies on the GIL.
-_entries: dict[int, _Entry] = {}
-_version: object = object()
-_snapshot: tuple[object, tuple[_Entry, ...]] = (None, ())
+# Tracked objects by id(). A mutation is one dict operation followed by
+# _changed(); the prepare phase reads _current(), a copy made once per
+# change, with no lock (see _toolkit.Versioned).
+_tracked_objects: Versioned[int, _Entry, _Entry] = Versioned(dict.values)
+_entries = _tracked_objects.entries
+_changed = _tracked_objects.changed
+_current = _tracked_objects.copy
 
 #: How many forks made this process: 0 in the original process, one more in
 #: each child. An object reset by the child phase records the value, and
 #: ``was_reset()`` compares: a grandchild does not inherit the answer.
 _generation = 0
-
-
-def _changed() -> None:
-    global _version
-    _version = object()
-
-
-def _current() -> tuple[_Entry, ...]:
-    """The tracked objects, from the snapshot when it is current."""
-    global _snapshot
-    version, entries = _snapshot
-    if version is not _version:
-        version = _version  # before the copy
-        entries = tuple(_entries.copy().values())
-        _snapshot = (version, entries)
-    return entries
 
 
 def _forget(key: int, ref: weakref.ref[Any]) -> None:
@@ -367,7 +349,7 @@ def was_reset(obj: object) -> bool:
 
 _enabled = False
 _warn = False
-_hook: atfork.Hook | None = None
+_hook = HookSlot()
 
 
 # What enable() watches: (module, class, where its instances are recorded).
@@ -380,22 +362,14 @@ _WATCHED: tuple[tuple[str, str, weakref.WeakSet[Any]], ...] = (
 
 
 def _ensure_hook() -> None:
-    global _hook
-    if _hook is None or not _hook.active:
-        _hook = atfork.atfork(
-            _prepare,
-            _parent,
-            _child,
-            priority=PRIORITY_THREADING,
-            name="atfork.integrations.threading",
-        )
+    _hook.register(
+        _prepare, _parent, _child, priority=PRIORITY_THREADING, name="atfork.integrations.threading"
+    )
 
 
 def _release_hook() -> None:
-    global _hook
-    if _hook is not None and not _enabled and not _entries:
-        _hook.unregister()
-        _hook = None
+    if not _enabled and not _entries:
+        _hook.release()
         if _entries:  # track() ran meanwhile in another thread
             _ensure_hook()
 
@@ -533,8 +507,8 @@ class _Fork:
 # The fork of enable() alone, nothing tracked: prepare records nothing in it.
 _NOTHING = _Fork()
 
-# Forks in progress, by forking thread (two threads may fork at once).
-_forks: dict[int, _Fork] = {}
+# Forks in progress, by forking thread.
+_forks: ForkStates[_Fork] = ForkStates()
 
 
 def _held_by(lock: Any, held: list[Any]) -> bool:
@@ -619,15 +593,17 @@ def _warn_threads(fork: _Fork) -> None:
 
 def _child() -> None:
     global _generation
-    me = get_ident()
-    fork = _forks.pop(me, None)
-    _forks.clear()  # forks of other threads, cut short: those threads are not here
+    fork = _forks.take_in_child()
     if fork is None:
         return
+    me = get_ident()
     _generation += 1
     error: BaseException | None = None
     for lock in fork.held:
         lock.release()
+    # Prepare found these held by another thread: re-created without the
+    # ownership test of _toolkit.renew_locks, which prepare's acquire(False)
+    # made already.
     for entry, _, lock in fork.busy:
         try:
             lock._at_fork_reinit()

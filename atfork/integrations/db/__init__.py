@@ -56,9 +56,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Callable, TypeVar
 
-import atfork
 from atfork.integrations import PRIORITY_DB
 from atfork.integrations._imports import when_imported
+from atfork.integrations._toolkit import HookSlot
 from atfork.integrations.db import _mysql, _postgres, _redis, _sqlalchemy, _sqlite
 from atfork.integrations.db import _quarantine as q
 from atfork.integrations.db._quarantine import InheritedConnectionError
@@ -70,7 +70,7 @@ T = TypeVar("T")
 #: The libraries :func:`enable` covers by itself, by import name.
 DRIVERS: tuple[str, ...] = ("psycopg", "psycopg2", "psycopg_pool", "pymysql", "redis", "sqlalchemy")
 
-_hook: atfork.Hook | None = None
+_hook = HookSlot()
 _drivers: frozenset[str] = frozenset()
 
 
@@ -89,11 +89,9 @@ def _child() -> None:
 
 
 def _ensure_hook() -> None:
-    global _hook
-    if _hook is None or not _hook.active:
-        _hook = atfork.atfork(
-            parent=_parent, child=_child, priority=PRIORITY_DB, name="atfork.integrations.db"
-        )
+    _hook.register(
+        parent=_parent, child=_child, priority=PRIORITY_DB, name="atfork.integrations.db"
+    )
 
 
 # -- public API ---------------------------------------------------------------------
@@ -151,14 +149,13 @@ def disable() -> None:
 
     .. versionadded:: 0.1
     """
-    global _drivers, _hook
+    global _drivers
     _drivers = frozenset()
     q.unpatch()
     _sqlalchemy.uninstall()
     q.forget_auto()
-    if _hook is not None and not q.tracked_count():
-        _hook.unregister()
-        _hook = None
+    if not q.tracked_count():
+        _hook.release()
 
 
 def is_enabled() -> bool:

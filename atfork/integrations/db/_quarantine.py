@@ -18,11 +18,12 @@ from atfork.integrations._quarantine import (
     Patches,
     Quarantine,
     Registry,
-    leak,
+    keep_forever,
     per_type,
-    prepare_leak,
+    prepare_keep_forever,
     registering_init,
 )
+from atfork.integrations._toolkit import Subclasses
 
 __all__ = [
     "InheritedConnectionError",
@@ -31,11 +32,11 @@ __all__ = [
     "forget_auto",
     "inherited_error",
     "is_quarantined",
-    "leak",
+    "keep_forever",
     "original_class",
     "patch",
     "per_type",
-    "prepare_leak",
+    "prepare_keep_forever",
     "prune",
     "quarantine_all",
     "quarantine_class",
@@ -84,7 +85,7 @@ quarantine_all = _registry.quarantine_all
 
 # -- quarantine classes ---------------------------------------------------------
 
-_classes: dict[type, type] = {}
+_classes = Subclasses(prefix="Inherited")
 
 
 def is_quarantined(obj: object) -> bool:
@@ -117,20 +118,13 @@ def quarantine_class(
     if quarantined is not None:
         return quarantined
     what = f"{cls.__module__}.{cls.__qualname__}"
-    namespace: dict[str, Any] = {
-        "__slots__": (),
-        "__module__": cls.__module__,
-        "__qualname__": f"Inherited{cls.__qualname__}",
-        "__atfork_inherited__": True,
-    }
+    namespace: dict[str, Any] = {"__atfork_inherited__": True}
     for name in blocked:
         original = getattr(cls, name, None)
         if original is not None:
             namespace[name] = _blocked(what, name)
     namespace.update(overrides or {})
-    quarantined = type(cls)(f"Inherited{cls.__name__}", (cls,), namespace)
-    _classes[cls] = _classes[quarantined] = quarantined
-    return quarantined
+    return _classes.make(cls, namespace)
 
 
 def swap_class(obj: object, quarantined: type) -> None:

@@ -32,7 +32,7 @@ def _quarantine_record(
         return
     record.dbapi_connection = None
     if conn_quarantine is None:
-        q.leak(conn)
+        q.keep_forever(conn)
     else:
         conn_quarantine(conn, neutralise)
         # Not freed now: its deallocation would cost this fork time.
@@ -50,7 +50,7 @@ def _record_quarantine(conn: Any) -> q.Quarantine:
         if conn_quarantine is not None:
             break
     else:
-        q.prepare_leak()  # an unknown driver's connection is never finalised
+        q.prepare_keep_forever()  # an unknown driver's connection is never finalised
     return functools.partial(_quarantine_record, conn_quarantine)
 
 

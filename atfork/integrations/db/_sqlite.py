@@ -33,7 +33,7 @@ def _deny(*args: Any) -> int:
 
 
 def _quarantine(conn: Any, neutralise: q.Neutraliser) -> None:
-    q.leak(conn)
+    q.keep_forever(conn)
     sqlite3 = sys.modules["sqlite3"]
     # Closed, or made in another thread: ProgrammingError, and nothing to deny.
     with contextlib.suppress(sqlite3.ProgrammingError):
@@ -54,7 +54,7 @@ def quarantine_for(conn: Any) -> q.Quarantine | None:
     sqlite3 = sys.modules.get("sqlite3")
     if sqlite3 is None or not isinstance(conn, sqlite3.Connection):
         return None
-    q.prepare_leak()
+    q.prepare_keep_forever()
     return _quarantine
 
 
