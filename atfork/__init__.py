@@ -3,7 +3,18 @@
 from atfork._dispatch import check, fork_origin
 from atfork._errors import AtforkWarning
 from atfork._registry import Hook, atfork, hooks
+from atfork._risks import ForkRisk, fork_risks
 
-__all__ = ["AtforkWarning", "Hook", "__version__", "atfork", "check", "fork_origin", "hooks"]
+__all__ = [
+    "AtforkWarning",
+    "ForkRisk",
+    "Hook",
+    "__version__",
+    "atfork",
+    "check",
+    "fork_origin",
+    "fork_risks",
+    "hooks",
+]
 
 __version__ = "0.1.0"

@@ -30,5 +30,10 @@ NEEDS_GIL = {
         f"{INTERPRETER_SKIP}{distribution} would enable the GIL of the free-threaded build "
         "(pyproject.toml's test-gil extra)"
     )
-    for module, distribution in [("psycopg2", "psycopg2-binary"), ("pyuwsgi", "pyuwsgi")]
+    for module, distribution in [
+        ("psycopg2", "psycopg2-binary"),
+        ("pyuwsgi", "pyuwsgi"),
+        ("grpc", "grpcio"),
+        ("gevent", "gevent"),
+    ]
 }
