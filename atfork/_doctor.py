@@ -151,8 +151,8 @@ def _not_checked(program: Program | None, foreign: int | None) -> list[str]:
         f"{block}whatever runs later: threads, connections, logging handlers, locks and "
         "generators made after the import, and the forks themselves (a server's workers)",
         threads,
-        "C-level state: locks, thread pools and connections inside C extensions and "
-        "libraries (a BLAS, gRPC, CUDA, libpq's own)",
+        "C-level state beyond the fork risks above: locks, thread pools and connections "
+        "inside C extensions and libraries (libpq's own, say)",
         "the timing of a real fork: whether a thread is in the middle of a write, a record or "
         "a locked section then; the trial forks see a few instants, the inspection findings "
         "tell the risk",

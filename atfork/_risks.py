@@ -32,16 +32,17 @@ class ForkRisk(NamedTuple):
     cannot repair: what was found and what to do about it, for a person,
     each in one line. Returned by :func:`fork_risks`.
 
+    :ivar kind: what kind of risk, a short identifier that stays the same
+        across versions: ``"threads"``, ``"grpc"``, ``"native-threadpool"``,
+        ``"cuda"``, ``"gevent"`` or ``"asyncio-loop"``.
+    :ivar what: what was found, and what goes wrong in a child because of it.
+    :ivar advice: what to do about it.
+
     .. versionadded:: 0.1
     """
 
-    #: What kind of risk: a short identifier that stays the same across
-    #: versions ("threads", "grpc", "native-threadpool", "cuda", "gevent",
-    #: "asyncio-loop").
     kind: str
-    #: What was found, and what goes wrong in a child because of it.
     what: str
-    #: What to do about it.
     advice: str
 
 
