@@ -32,6 +32,12 @@ is made only where that integration is off or the object is not covered:
   (``random``, or ``random.track()``);
 * a trial child that hangs in any step, and which step.
 
+Then, in a section of their own, the fork risks atfork cannot fix (see
+:func:`atfork.fork_risks`): other threads, gRPC, native thread pools, CUDA,
+gevent, a running asyncio loop. They do not change the exit status: no
+integration answers them, and the program may deal with them before it
+forks.
+
 The report ends with what doctor cannot see ("Not checked"): what runs under
 ``if __name__ == "__main__":`` or later, threads started by C code and
 C-level state, and the timing of a real fork.
@@ -66,6 +72,7 @@ import atfork
 from atfork import _run, integrations
 from atfork._inspection import describe, inspect
 from atfork._registry import _PHASES
+from atfork._risks import fork_risks
 from atfork._run import TARGET_USAGE, Program, add_target, execute, target
 from atfork._timeout import check_timeout, seconds
 from atfork._trial import plan, trial
@@ -144,8 +151,8 @@ def _not_checked(program: Program | None, foreign: int | None) -> list[str]:
         f"{block}whatever runs later: threads, connections, logging handlers, locks and "
         "generators made after the import, and the forks themselves (a server's workers)",
         threads,
-        "C-level state: locks, thread pools and connections inside C extensions and "
-        "libraries (a BLAS, gRPC, CUDA, libpq's own)",
+        "C-level state beyond the fork risks above: locks, thread pools and connections "
+        "inside C extensions and libraries (libpq's own, say)",
         "the timing of a real fork: whether a thread is in the middle of a write, a record or "
         "a locked section then; the trial forks see a few instants, the inspection findings "
         "tell the risk",
@@ -182,6 +189,7 @@ def diagnose(
             program.name if program.module else os.path.splitext(os.path.basename(program.name))[0]
         )
     found = inspect(states, (label, namespace) if namespace is not None else None)
+    risks = [risk._asdict() for risk in fork_risks()]  # before the trial forks
     report: dict[str, Any] = {
         "python": sys.version.split()[0],
         "pid": os.getpid(),
@@ -201,6 +209,7 @@ def diagnose(
     tried = trial(steps, timeout)
     findings = found.findings + tried.findings
     report["findings"] = findings
+    report["risks"] = risks
     report["trial"] = {
         "children": tried.children,
         "steps": [step.what for step in steps],
@@ -267,6 +276,7 @@ def not_imported(program: Program, error: BaseException) -> dict[str, Any]:
         "pid": os.getpid(),
         "program": described,
         "findings": [],
+        "risks": [],
         "ok": False,
         "exit_status": EXIT_NOT_IMPORTED,
     }
@@ -369,6 +379,15 @@ def render(report: dict[str, Any]) -> str:
             lines += ["", *_enabling(names)]
     else:
         lines.append("No findings: nothing doctor looks at would break at a fork.")
+    lines.append("")
+    risks = report["risks"]
+    if risks:
+        lines.append(f"Fork risks atfork cannot fix ({len(risks)}), each with what to do:")
+        for number, risk in enumerate(risks, 1):
+            lines += _wrap(f"[{risk['kind']}] {risk['what']}", f"  {number}. ", "     ")
+            lines += _wrap(f"advice: {risk['advice']}", "     ", "       ")
+    else:
+        lines.append("No fork risks that atfork cannot fix.")
     lines.append("")
     lines.append("Not checked:")
     for item in report["not_checked"]:

@@ -33,6 +33,7 @@ NEEDS_GIL = {
     for module, distribution in [
         ("psycopg2", "psycopg2-binary"),
         ("pyuwsgi", "pyuwsgi"),
+        ("grpc", "grpcio"),
         ("gevent", "gevent"),
     ]
 }
