@@ -26,6 +26,7 @@ monkey.patch_all()
 import json, multiprocessing, os, sys
 import gevent, gevent.hub
 import atfork, atfork.integrations
+from atfork.testing import wait_child
 
 atfork.integrations.enable("threading", "logging", "stdio")
 ran = []
@@ -51,7 +52,7 @@ def through_fork(fork):
         finally:
             os._exit(0)
     os.close(write)
-    os.waitpid(pid, 0)
+    wait_child(pid, timeout=30)  # a hung child is killed at the deadline
     with os.fdopen(read) as answer:
         return json.loads(answer.read())
 
