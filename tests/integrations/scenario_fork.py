@@ -32,8 +32,10 @@ def fork(child):
     return pid, read
 
 
-def join(pid, read, timeout=20):
-    code = wait_child(pid, timeout=timeout)
+def join(pid, read, timeout=None):
+    # A child that hangs is ended by its alarm (exit code -14) and reports
+    # nothing; the later deadline is only the backstop.
+    code = wait_child(pid, timeout=CHILD_ALARM + 10 if timeout is None else timeout)
     return code, read_report(read)
 
 

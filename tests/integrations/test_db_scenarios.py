@@ -67,11 +67,15 @@ CROSSED = """
 conn = pg_connect({driver!r})
 watcher = pg_connect({driver!r})  # a session of its own, to watch the server
 failed_r, failed_w = os.pipe()
+# The child's query carries this run's token in its text (a literal: a bound
+# parameter would show as $1): another run's on the same server, from a test
+# environment running alongside, is not this one's.
+TOKEN = "crossed-%d" % os.getpid()
 
 def child(send):
     try:
         # Blocks reading the reply; the parent stops this child meanwhile.
-        return query(conn, "select 'child', pg_sleep(0.5)")[0]
+        return query(conn, "select 'child', pg_sleep(0.5), '" + TOKEN + "'")[0]
     except Exception as exc:
         os.write(failed_w, b"1")
         return error_name(exc)
@@ -81,7 +85,7 @@ pid, read = fork(child)
 # child reads the socket for its reply) or the child's query failed.
 deadline = time.monotonic() + 10
 while not select.select([failed_r], [], [], 0.01)[0]:
-    if query(watcher, ACTIVE, ("%pg_sleep(0.5)%",))[0] or time.monotonic() > deadline:
+    if query(watcher, ACTIVE, ("%" + TOKEN + "%",))[0] or time.monotonic() > deadline:
         break
 os.kill(pid, signal.SIGSTOP)  # only the parent reads the socket from now on
 try:
@@ -93,7 +97,7 @@ code, child_result = join(pid, read)
 report({{"parent got": parent, "child got": child_result}})
 """
 # The server's view of the child's query: it runs on the parent's backend,
-# and its text tells it apart.
+# and its text (the run's token) tells it apart.
 ACTIVE = (
     "select count(*) from pg_stat_activity "
     "where state = 'active' and query like %s and pid != pg_backend_pid()"
