@@ -54,8 +54,11 @@ def child(send):
         used = "parent's session" if session() == parent_session else "own session"
     except Exception as exc:
         used = error_name(exc)
+    # Sent first: without atfork, a child of the pool's scenario can hang in
+    # close_all() (on 3.14t, a pool worker held the pool's lock at the fork;
+    # the alarm ends it), and which session it used is the finding.
+    send(used)
     connections.close_all()
-    return used
 
 code, child_used = join(*fork(child))
 try:
@@ -63,7 +66,7 @@ try:
     parent = "same session" if after == parent_session else "another session"
 except Exception as exc:
     parent = error_name(exc) + ": " + str(exc).splitlines()[0]
-report({"child": child_used, "parent": parent, "driver": parent_driver})
+report({"child": child_used, "parent": parent, "driver": parent_driver, "exit": code})
 """
 
 PG_SESSION = "select pg_backend_pid()"
@@ -181,7 +184,9 @@ def test_postgresql_child_gets_its_own_session(driver: str) -> None:
     assert without["parent"].startswith("OperationalError: ")
     assert CLOSE_ERRORS["postgresql"] in without["parent"]
     with_atfork = _django_scenario(CLOSE_ALL, database, PG_SESSION, atfork=True, hide_psycopg=hide)
-    assert {"child": "own session", "parent": "same session", "driver": driver} == with_atfork
+    assert {"child": "own session", "parent": "same session", "driver": driver, "exit": 0} == (
+        with_atfork
+    )
 
 
 def test_mysql_child_gets_its_own_session() -> None:
@@ -193,7 +198,7 @@ def test_mysql_child_gets_its_own_session() -> None:
     assert "parent's session" == without["child"]
     assert without["parent"].startswith("OperationalError: ")
     assert CLOSE_ERRORS["mysql"] in without["parent"]
-    assert {"child": "own session", "parent": "same session", "driver": "pymysql"} == (
+    assert {"child": "own session", "parent": "same session", "driver": "pymysql", "exit": 0} == (
         _django_scenario(CLOSE_ALL, MYSQL_DATABASE, MYSQL_SESSION, atfork=True)
     )
 
@@ -209,7 +214,7 @@ def test_postgresql_pool_child_gets_its_own_session() -> None:
     assert {"child": "parent's session", "parent": "same session"} == {
         k: without[k] for k in ("child", "parent")
     }
-    assert {"child": "own session", "parent": "same session", "driver": "psycopg"} == (
+    assert {"child": "own session", "parent": "same session", "driver": "psycopg", "exit": 0} == (
         _django_scenario(body, database, PG_SESSION, atfork=True)
     )
 
