@@ -628,8 +628,9 @@ def _derived_parent() -> None:
 
 
 def _fresh_child() -> None:
-    # 128 bits of fresh entropy per generator, read at once; the global
-    # random instance was reseeded by CPython already.
+    # 128 bits of fresh entropy per generator, read at once, for those not
+    # given a whole state by _fresh_state(); the global random instance
+    # was reseeded by CPython already.
     tracked = list(_tracked.copy().values())
     entropy = os.urandom(16 * (2 + len(tracked)))
     index = itertools.count()
