@@ -16,7 +16,6 @@ object.
 from __future__ import annotations
 
 import functools
-import inspect
 import sys
 import types
 import weakref
@@ -35,14 +34,15 @@ Callback = Callable[[], object]
 
 # -- Callbacks that can never run ---------------------------------------------
 
+# The code flags of inspect, which is not imported here: it imports ast,
+# dis and tokenize, a third of what ``import atfork`` would import, for
+# callbacks that _plainly_callable() cannot tell (it is imported then). The
+# values are those of CPython's code objects, the same on every version.
+_CO_VARARGS = 0x0004
 # Calling a function with one of these flags only makes a generator, a
-# coroutine or an async generator: its body never runs.
-_MAKES_AN_OBJECT = (
-    inspect.CO_GENERATOR
-    | inspect.CO_COROUTINE
-    | inspect.CO_ASYNC_GENERATOR
-    | inspect.CO_ITERABLE_COROUTINE
-)
+# coroutine or an async generator: its body never runs (CO_GENERATOR,
+# CO_COROUTINE, CO_ITERABLE_COROUTINE, CO_ASYNC_GENERATOR).
+_MAKES_AN_OBJECT = 0x0020 | 0x0080 | 0x0100 | 0x0200
 
 
 # The text signatures of built-ins that take no arguments, and None for a
@@ -83,13 +83,15 @@ def _plainly_callable(func: object, nargs: int) -> bool:
     # to be awaited.
     if getattr(func, "_is_coroutine_marker", None) is not None:
         return False
-    if nargs > code.co_argcount and not code.co_flags & inspect.CO_VARARGS:
+    if nargs > code.co_argcount and not code.co_flags & _CO_VARARGS:
         return False
     return nargs >= code.co_argcount - len(func.__defaults__ or ())
 
 
 def _makes_an_object(func: object) -> str | None:
     """What calling ``func`` makes instead of running its body, if it does."""
+    import inspect  # only for the callbacks _plainly_callable() cannot tell
+
     # A callable object's __call__ counts; for functions, classes and
     # partials it is a slot wrapper, never any of these.
     for candidate in (func, _class_call(func)):
@@ -117,6 +119,8 @@ def check_callback(func: Callable[..., object], what: str, nargs: int = 0) -> No
     why = _makes_an_object(func)
     if why is not None:
         raise TypeError(f"{what} must run when called, and {func!r} is {why}")
+    import inspect  # imported by _makes_an_object() already
+
     try:
         # Not through __wrapped__: a decorator's wrapper may take other
         # arguments than the function it wraps.

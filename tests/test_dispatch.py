@@ -507,6 +507,23 @@ def test_child_hook_runs_after_stdlib_reinit_whatever_the_import_order() -> None
     assert "child: logged by the child hook\nchild finished\n" == out
 
 
+IMPORTED_BY_ATFORK = """
+import sys
+before = set(sys.modules)
+import atfork
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+
+
+def test_import_atfork_imports_the_stdlib_modules_with_fork_hooks_and_no_inspect() -> None:
+    """`import atfork` imports the four standard modules whose fork hooks must
+    run before its own, and not inspect and what inspect imports."""
+    result = run_python(IMPORTED_BY_ATFORK, timeout=30)
+    imported = set(result.stdout.split())
+    hooks = {"concurrent.futures.thread", "logging", "random", "threading"}
+    assert (hooks, set()) == (hooks & imported, {"inspect", "ast", "dis"} & imported)
+
+
 PREPARE_BEFORE_LOGGING_LOCK = """
 import logging, threading, atfork
 from atfork.testing import run_in_child

@@ -153,6 +153,21 @@ def test_a_callback_that_can_never_run_is_a_type_error(
         atfork.atfork(**{phase: func})  # type: ignore[arg-type]
 
 
+def test_the_code_flags_read_are_those_of_inspect() -> None:
+    """The code flags atfork reads without importing inspect are inspect's."""
+    import inspect
+
+    from atfork import _refs
+
+    makes_an_object = (
+        inspect.CO_GENERATOR
+        | inspect.CO_COROUTINE
+        | inspect.CO_ITERABLE_COROUTINE
+        | inspect.CO_ASYNC_GENERATOR
+    )
+    assert (inspect.CO_VARARGS, makes_an_object) == (_refs._CO_VARARGS, _refs._MAKES_AN_OBJECT)
+
+
 def with_defaults(a: int = 1, *args: object, key: int = 2, **kwargs: object) -> None:
     pass
 

@@ -13,7 +13,6 @@ same three callables.
 from __future__ import annotations
 
 import importlib
-import inspect
 import sys
 from collections.abc import Iterable
 from importlib import metadata
@@ -217,6 +216,8 @@ def enable(*names: str, **options: Any) -> None:
 def _options_taken(integration: Integration) -> frozenset[str] | None:
     """The keyword options the ``enable()`` of ``integration`` takes; None
     when it takes any (``**options``, or a signature that cannot be read)."""
+    import inspect  # only when options are given (see _route)
+
     try:
         parameters = inspect.signature(integration.enable).parameters.values()
     except (TypeError, ValueError):  # no signature to read: it gets every option
@@ -232,6 +233,8 @@ def _route(chosen: dict[str, Integration], options: dict[str, Any]) -> dict[str,
 
     :raises TypeError: none of them takes one of ``options``.
     """
+    if not options:  # every call without options, ATFORK_INTEGRATIONS's among them
+        return {name: {} for name in chosen}
     taken = {name: _options_taken(integration) for name, integration in chosen.items()}
     routed = {
         name: {k: v for k, v in options.items() if keys is None or k in keys}

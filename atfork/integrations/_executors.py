@@ -18,6 +18,8 @@ import types
 import weakref
 from typing import Any, Callable
 
+from atfork.integrations._toolkit import renew_locks
+
 __all__ = ["found", "in_a_method_of", "repair", "repair_executor"]
 
 
@@ -40,7 +42,15 @@ def repair_executor(executor: Any, me: int) -> bool:
     else:
         executor._work_queue = type(executor._work_queue)()
         executor._threads = set()
-    executor._idle_semaphore = threading.Semaphore(0)
+    semaphore = executor._idle_semaphore
+    if type(semaphore) is threading.Semaphore:
+        # Emptied in place: making a new one runs threading's Condition
+        # code in the child, a page fault for each page it writes.
+        attributes = vars(semaphore)
+        renew_locks((attributes["_cond"],))  # its lock, and its waiters (the parent's)
+        attributes["_value"] = 0
+    else:
+        executor._idle_semaphore = threading.Semaphore(0)
     return False
 
 

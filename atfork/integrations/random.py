@@ -42,9 +42,11 @@ What this module does
     child
         First the lock of each covered numpy generator is re-created, so
         that a lock held by a thread of the parent no longer blocks. Then
-        each covered generator is reseeded: with ``mode="fresh"`` from 128
-        bits of ``os.urandom`` each (the global ``random`` instance is left
-        to CPython, which reseeds it already); with ``mode="derived"`` from
+        each covered generator is reseeded: with ``mode="fresh"`` from
+        ``os.urandom`` (numpy's ``MT19937``, ``PCG64`` and ``PCG64DXSM``
+        get their whole state from it, any other generator is seeded from
+        128 bits of it; the global ``random`` instance is left to CPython,
+        which reseeds it already); with ``mode="derived"`` from
         the root seed sequence, as described in :func:`enable`, the global
         ``random`` instance included. The parent's own generators are never
         touched.
@@ -626,8 +628,9 @@ def _derived_parent() -> None:
 
 
 def _fresh_child() -> None:
-    # 128 bits of fresh entropy per generator, read at once; the global
-    # random instance was reseeded by CPython already.
+    # 128 bits of fresh entropy per generator, read at once, for those not
+    # given a whole state by _fresh_state(); the global random instance
+    # was reseeded by CPython already.
     tracked = list(_tracked.copy().values())
     entropy = os.urandom(16 * (2 + len(tracked)))
     index = itertools.count()
@@ -637,10 +640,45 @@ def _fresh_child() -> None:
         chunk = entropy[start : start + 16]
         return [int.from_bytes(chunk[i : i + 4], "little") for i in range(0, 16, 4)]
 
-    def sequence(np_random: Any, stream: int) -> Any:
-        return np_random.SeedSequence(_integer(words(stream)))
+    def new_state(np_random: Any, bit_generator: Any, stream: int) -> Any:
+        return (
+            _fresh_state(np_random, bit_generator)
+            or type(bit_generator)(np_random.SeedSequence(_integer(words(stream)))).state
+        )
 
-    _reseed(tracked, words, sequence)
+    _reseed(tracked, words, new_state)
+
+
+# The numpy bit generators whose state mode="fresh" fills from os.urandom
+# directly, set through their ``state`` property: the child then runs none
+# of numpy's seeding code (array conversions, ufuncs, a new bit generator),
+# which it would be the first to run after the fork, a page fault for each
+# page of it (about 100 for each of MT19937 and PCG64). The state is as
+# random as a seeded one: MT19937 gets its whole key (never all zero, as
+# numpy's init_by_array makes sure), PCG64 and PCG64DXSM a state and an odd
+# increment of 128 bits each.
+_MT19937_WORDS = 624
+_PCG_TYPES = frozenset({"PCG64", "PCG64DXSM"})
+
+
+def _fresh_state(np_random: Any, bit_generator: Any) -> dict[str, Any] | None:
+    """A state for ``bit_generator`` from ``os.urandom``, or None for a type
+    without one here (seeded from a SeedSequence then)."""
+    kind = type(bit_generator)
+    if kind is np_random.MT19937:
+        key = memoryview(bytearray(os.urandom(4 * _MT19937_WORDS))).cast("I")
+        key[0] |= 0x80000000
+        return {"bit_generator": "MT19937", "state": {"key": key, "pos": _MT19937_WORDS}}
+    name = kind.__name__
+    if name in _PCG_TYPES and kind is getattr(np_random, name, None):
+        value = int.from_bytes(os.urandom(32), "little")
+        return {
+            "bit_generator": name,
+            "state": {"state": value >> 128, "inc": value & ((1 << 128) - 1) | 1},
+            "has_uint32": 0,
+            "uinteger": 0,
+        }
+    return None
 
 
 def _derived_child() -> None:
@@ -661,21 +699,22 @@ def _derived_child() -> None:
     def words(stream: int) -> list[int]:
         return pool.spawn(stream).generate_state(4)
 
-    def sequence(np_random: Any, stream: int) -> Any:
-        return np_random.SeedSequence(root, spawn_key=(*key, stream))
+    def new_state(np_random: Any, bit_generator: Any, stream: int) -> Any:
+        return type(bit_generator)(np_random.SeedSequence(root, spawn_key=(*key, stream))).state
 
     _stdlib_seed(_integer(words(_STREAM_RANDOM)))
-    _reseed(list(_tracked.copy().values()), words, sequence)
+    _reseed(list(_tracked.copy().values()), words, new_state)
 
 
 def _reseed(
     tracked: list[_Tracked],
     words: Callable[[int], list[int]],
-    sequence: Callable[[Any, int], Any],
+    new_state: Callable[[Any, Any, int], Any],
 ) -> None:
     """Reseed numpy's and torch's global generators and the tracked ones;
-    ``words(stream)`` gives four 32-bit words of seed, ``sequence(numpy.random,
-    stream)`` a numpy SeedSequence."""
+    ``words(stream)`` gives four 32-bit words of seed,
+    ``new_state(numpy.random, bit_generator, stream)`` a new ``state`` for a
+    numpy bit generator."""
     global _tracked_lock
     # Another thread of the parent may have held it at the fork.
     _tracked_lock = threading.RLock()
@@ -683,7 +722,7 @@ def _reseed(
     mtrand = sys.modules.get("numpy.random.mtrand")
     legacy = getattr(mtrand, "_rand", None)
     if legacy is not None:
-        _reseed_random_state(np_random, legacy, words, sequence, _STREAM_NUMPY)
+        _reseed_random_state(np_random, legacy, words, new_state, _STREAM_NUMPY)
     generator = getattr(sys.modules.get("torch"), "default_generator", None)
     not_alone = _not_alone.take_in_child(True)
     if generator is not None and not not_alone:
@@ -707,18 +746,18 @@ def _reseed(
         if entry.kind == _RANDOM:
             rng.seed(_integer(words(entry.stream)))
         elif entry.kind == _RANDOM_STATE:
-            _reseed_random_state(np_random, rng, words, sequence, entry.stream)
+            _reseed_random_state(np_random, rng, words, new_state, entry.stream)
         else:
             bit_generator = rng.bit_generator if entry.kind == _GENERATOR else rng
             renew_locks((bit_generator.lock,))
-            bit_generator.state = type(bit_generator)(sequence(np_random, entry.stream)).state
+            bit_generator.state = new_state(np_random, bit_generator, entry.stream)
 
 
 def _reseed_random_state(
     np_random: Any,
     state: Any,
     words: Callable[[int], list[int]],
-    sequence: Callable[[Any, int], Any],
+    new_state: Callable[[Any, Any, int], Any],
     stream: int,
 ) -> None:
     bit_generator = state._bit_generator
@@ -726,10 +765,10 @@ def _reseed_random_state(
     # Both take the lock just re-created, which nothing else can hold here,
     # and both drop the cached second normal of the Box-Muller pair, which
     # would otherwise be every child's first standard_normal().
-    if type(bit_generator) is np_random.MT19937:
+    if _mode == "derived" and type(bit_generator) is np_random.MT19937:
         state.seed(words(stream))  # init_by_array: far cheaper than MT19937(SeedSequence)
     else:
-        state.set_state(type(bit_generator)(sequence(np_random, stream)).state)
+        state.set_state(new_state(np_random, bit_generator, stream))
 
 
 def _integer(words: list[int]) -> int:
