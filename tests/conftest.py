@@ -116,8 +116,20 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     support enables the GIL at import (a RuntimeWarning says so), and every
     test after it would run as on a GIL build."""
     _note_the_gil("the last test")
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:  # a pytest-xdist worker: its controller reports
+        workeroutput["gil_enabled_after"] = _gil_enabled_after[:1]
     if _gil_enabled_after:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Under pytest-xdist, where a worker found the GIL enabled counts for
+    the whole run (the tests run in the workers, not in the controller)."""
+    found = getattr(node, "workeroutput", {}).get("gil_enabled_after")
+    if found and not _gil_enabled_after:
+        _gil_enabled_after.extend(found)
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
