@@ -45,6 +45,7 @@ BUILTIN: tuple[str, ...] = (
     "logging",
     "prometheus",
     "random",
+    "sentry",
     "stdio",
     "threading",
     "uwsgi",
