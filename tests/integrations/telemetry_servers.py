@@ -16,13 +16,21 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+from servers import MEET, answers_by_worker, free_port, stop
 
 #: How long a held answer waits for its release, at most.
 PATIENCE = 20.0
@@ -203,3 +211,36 @@ def collect() -> Iterator[tuple[Collector, str]]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+#: The gunicorn next to this interpreter, if installed.
+GUNICORN = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
+
+
+def preload(
+    tmp_path: Path, url: str, app: str, integrations: str
+) -> tuple[int, dict[int, Any], str]:
+    """Run ``app`` (source defining a WSGI ``app``, which may call the
+    ``meet`` of servers.MEET with ``ARRIVED`` and read ``URL``) under
+    gunicorn --preload with three workers and ``ATFORK_INTEGRATIONS``; ask
+    until each worker answered, then stop it with SIGTERM. The master's pid,
+    each worker's first answer by pid, and gunicorn's output."""
+    assert GUNICORN is not None
+    arrived = tmp_path / "arrived"
+    arrived.mkdir()
+    settings = f"URL = {url!r}; ARRIVED = {str(arrived)!r}\n"
+    (tmp_path / "telemetry_app.py").write_text(settings + MEET + app)
+    port = free_port()
+    command = [GUNICORN, "--preload", "--workers", "3", "--bind", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(
+        [*command, "--chdir", str(tmp_path), "telemetry_app:app"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "ATFORK_INTEGRATIONS": integrations},
+        start_new_session=True,  # its workers are killed with it, whatever they do
+    )
+    try:
+        answers = answers_by_worker(port, 3, timeout=60)
+    finally:
+        log = stop(server, signal.SIGTERM)
+    return server.pid, answers, log

@@ -13,19 +13,13 @@ and the pid of the process that made it.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import MEET, answers_by_worker, free_port, stop
-from telemetry_servers import Collector, collect
+from telemetry_servers import GUNICORN, Collector, collect, preload
 
 import atfork
 from atfork.testing import run_python
@@ -200,7 +194,9 @@ def parent_and_children(result: dict[str, Any], parent: tuple[str, ...]) -> list
 
 
 @pytest.mark.parametrize("with_atfork", [False, True], ids=["without", "with"])
-def test_a_batch_pending_at_the_fork_is_sent_once_by_the_parent(collector, with_atfork) -> None:
+def test_a_batch_pending_at_the_fork_is_sent_once_by_the_parent(
+    collector: tuple[Collector, str], with_atfork: bool
+) -> None:
     """The parent's spans and logs still in the batch at the fork arrive
     once (from the parent, at its exit), and each child's own once, from
     the child, at its exit."""
@@ -211,7 +207,9 @@ def test_a_batch_pending_at_the_fork_is_sent_once_by_the_parent(collector, with_
 
 
 @pytest.mark.parametrize("with_atfork", [False, True], ids=["without", "with"])
-def test_a_fork_during_an_export_sends_everything_once(collector, with_atfork) -> None:
+def test_a_fork_during_an_export_sends_everything_once(
+    collector: tuple[Collector, str], with_atfork: bool
+) -> None:
     """A fork while the worker threads export to a slow collector (their
     export locks held): no child hangs, and every span and log arrives
     once, from the process that made it."""
@@ -222,7 +220,9 @@ def test_a_fork_during_an_export_sends_everything_once(collector, with_atfork) -
 
 
 @pytest.mark.parametrize("with_atfork", [False, True], ids=["without", "with"])
-def test_a_fork_pool_sends_each_span_once(collector, with_atfork) -> None:
+def test_a_fork_pool_sends_each_span_once(
+    collector: tuple[Collector, str], with_atfork: bool
+) -> None:
     """A fork pool whose tasks flush sends each task's span and log once,
     from the worker that ran it."""
     result, found = scenario(collector, POOL, with_atfork=with_atfork)
@@ -232,7 +232,6 @@ def test_a_fork_pool_sends_each_span_once(collector, with_atfork) -> None:
     assert dict.fromkeys(names, 1) == arrived(found, names)
 
 
-GUNICORN = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
 INSTALLED = "site-packages" in atfork.__file__  # atfork.pth is active only when installed
 
 APP = """
@@ -256,34 +255,17 @@ def app(environ, start_response):
 @pytest.mark.skipif(not INSTALLED, reason="atfork.pth is only active when installed")
 @pytest.mark.parametrize("integrations", ["", INTEGRATIONS], ids=["without", "with"])
 def test_gunicorn_preload_workers_send_their_own_spans_once(
-    collector, tmp_path: Path, integrations: str
+    collector: tuple[Collector, str], tmp_path: Path, integrations: str
 ) -> None:
     """gunicorn --preload with three workers: the master's span and log
     (made at import) and each worker's (one per request) arrive once each,
     and every worker boots and exits (SIGTERM: the flush at exit)."""
-    assert GUNICORN is not None
     found, url = collector
-    arrived_dir = tmp_path / "arrived"
-    arrived_dir.mkdir()
-    settings = f"URL = {url!r}; ARRIVED = {str(arrived_dir)!r}\n"
-    app = settings + MEET + APP.format(setup=textwrap.indent(SETUP, ""))
-    (tmp_path / "otel_app.py").write_text(app)
-    port = free_port()
-    server = subprocess.Popen(
-        [GUNICORN, "--preload", "--workers", "3", "--bind", f"127.0.0.1:{port}"]
-        + ["--chdir", str(tmp_path), "otel_app:app"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "ATFORK_INTEGRATIONS": integrations},
-        start_new_session=True,
-    )
-    try:
-        answers = answers_by_worker(port, 3, timeout=60)
-    finally:
-        log = stop(server, signal.SIGTERM)
+    app = APP.format(setup=SETUP)
+    master, answers, log = preload(tmp_path, url, app, integrations)
     assert 3 == len(answers), log
     # Each worker has flushed at its exit, before the master's ended.
-    names = names_of([f"master-{server.pid}"] + [f"request0-{pid}" for pid in answers])
+    names = names_of([f"master-{master}"] + [f"request0-{pid}" for pid in answers])
     counts = arrived(found, names)
     assert set() == set(names) - set(counts), (counts, log)
     assert {1} == set(counts.values()), counts

@@ -10,19 +10,13 @@ collector counts how often each arrived.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from servers import MEET, answers_by_worker, free_port, stop
-from telemetry_servers import Collector, collect
+from telemetry_servers import GUNICORN, Collector, collect, preload
 
 import atfork
 import atfork.integrations
@@ -178,7 +172,9 @@ def arrived(collector: Collector, names: list[str]) -> dict[str, int]:
     return {name: counts[name] for name in counts if name.startswith(("event-", "log-"))}
 
 
-def test_without_atfork_each_child_sends_the_parents_backlog_again(collector) -> None:
+def test_without_atfork_each_child_sends_the_parents_backlog_again(
+    collector: tuple[Collector, str],
+) -> None:
     """Without atfork, the events the parent had queued at the fork arrive
     four times (from the parent and from each of three children), and each
     child waits its whole shutdown_timeout at exit for the envelope the
@@ -194,7 +190,9 @@ def test_without_atfork_each_child_sends_the_parents_backlog_again(collector) ->
 
 
 @pytest.mark.parametrize("integrations", ["sentry", f"sentry,{OTHERS}"])
-def test_with_the_integration_every_event_arrives_once(collector, integrations) -> None:
+def test_with_the_integration_every_event_arrives_once(
+    collector: tuple[Collector, str], integrations: str
+) -> None:
     """With the integration (alone, or with atfork's others), each event and
     log arrives once, from the process that made it: the parent sends its
     backlog, the children only their own, and no child waits for the
@@ -206,7 +204,9 @@ def test_with_the_integration_every_event_arrives_once(collector, integrations) 
     assert result["exits"] < SHUTDOWN_TIMEOUT
 
 
-def test_without_atfork_a_child_forked_during_a_flush_hangs(collector) -> None:
+def test_without_atfork_a_child_forked_during_a_flush_hangs(
+    collector: tuple[Collector, str],
+) -> None:
     """Without atfork, a child forked while another thread flushed inherits
     the worker's lock held, and hangs on its first event (killed at the
     deadline)."""
@@ -214,7 +214,9 @@ def test_without_atfork_a_child_forked_during_a_flush_hangs(collector) -> None:
     assert ["HUNG"] == result["codes"]
 
 
-def test_with_the_integration_a_child_forked_during_a_flush_sends(collector) -> None:
+def test_with_the_integration_a_child_forked_during_a_flush_sends(
+    collector: tuple[Collector, str],
+) -> None:
     """With the integration, that child sends its event and log, once, and
     exits; the parent's arrive once."""
     result, found = scenario(collector, FLUSHING.format(child_deadline=30), with_atfork=True)
@@ -223,7 +225,7 @@ def test_with_the_integration_a_child_forked_during_a_flush_sends(collector) -> 
     assert dict.fromkeys(names, 1) == arrived(found, names)
 
 
-def test_a_fork_pool_sends_each_event_once(collector) -> None:
+def test_a_fork_pool_sends_each_event_once(collector: tuple[Collector, str]) -> None:
     """A fork pool whose tasks flush sends each task's event and log once,
     from the worker that ran it, with atfork's integrations (without them,
     some of a worker's events are lost in some runs)."""
@@ -234,7 +236,6 @@ def test_a_fork_pool_sends_each_event_once(collector) -> None:
     assert dict.fromkeys(names, 1) == arrived(found, names)
 
 
-GUNICORN = shutil.which("gunicorn", path=str(Path(sys.executable).parent))
 INSTALLED = "site-packages" in atfork.__file__  # atfork.pth is active only when installed
 
 APP = """
@@ -268,36 +269,21 @@ def app(environ, start_response):
 
 @pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed")
 @pytest.mark.skipif(not INSTALLED, reason="atfork.pth is only active when installed")
-def test_gunicorn_preload_workers_send_their_own_events_once(collector, tmp_path: Path) -> None:
+def test_gunicorn_preload_workers_send_their_own_events_once(
+    collector: tuple[Collector, str], tmp_path: Path
+) -> None:
     """gunicorn --preload with three workers: the master's event (made at
     import) and each worker's (one per request) arrive once each, the
     master's from the master only, and every
     worker boots and exits (SIGTERM: the flush at exit), with atfork's
     integrations (without them, a worker's first events are lost in some
     runs, and its exit waits for the master's envelope)."""
-    assert GUNICORN is not None
     found, url = collector
-    arrived_dir = tmp_path / "arrived"
-    arrived_dir.mkdir()
-    settings = f"URL = {url!r}; ARRIVED = {str(arrived_dir)!r}\n"
-    (tmp_path / "sentry_app.py").write_text(settings + MEET + APP)
-    port = free_port()
-    server = subprocess.Popen(
-        [GUNICORN, "--preload", "--workers", "3", "--bind", f"127.0.0.1:{port}"]
-        + ["--chdir", str(tmp_path), "sentry_app:app"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "ATFORK_INTEGRATIONS": f"sentry,{OTHERS}"},
-        start_new_session=True,
-    )
-    try:
-        answers = answers_by_worker(port, 3, timeout=60)
-    finally:
-        log = stop(server, signal.SIGTERM)
+    master, answers, log = preload(tmp_path, url, APP, f"sentry,{OTHERS}")
     assert 3 == len(answers), log
     assert "Worker exiting" in log
     # Each worker has flushed at its exit, before the master's ended.
-    names = [f"{kind}-master-{server.pid}" for kind in ("event", "log")]
+    names = [f"{kind}-master-{master}" for kind in ("event", "log")]
     names += [f"{kind}-request0-{pid}" for pid in answers for kind in ("event", "log")]
     counts = arrived(found, names)
     assert set() == set(names) - set(counts), (counts, log)
@@ -329,10 +315,7 @@ def test_enable_imports_nothing_and_disable_undoes_it() -> None:
     )
     assert 0 == done.returncode, done.stderr
     assert (
-        "imported: False\n"
-        "per process: ['_lock', '_queue']\n"
-        "restored: []\n"
-        "still works: True False\n"
+        "imported: False\nper process: ['_lock', '_queue']\nrestored: []\nstill works: True False\n"
     ) == done.stdout
 
 
