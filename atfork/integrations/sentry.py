@@ -70,7 +70,8 @@ class _PerProcessAttribute:
         self.slot = f"_atfork_{name.strip('_')}"
         self.make = make
 
-    def _local(self, instance: Any, value: Any) -> atfork.ProcessLocal[Any]:
+    def _local(self, value: Any) -> atfork.ProcessLocal[Any]:
+        """A per-process value that is ``value`` in this process."""
         made = [value]
         make = self.make
         local = atfork.per_process(lambda: made.pop() if made else make(value))
@@ -84,7 +85,7 @@ class _PerProcessAttribute:
         state = instance.__dict__
         local = state.get(self.slot)
         if local is None:  # an instance made before enable(): its own value
-            local = state[self.slot] = self._local(instance, state[self.name])
+            local = state[self.slot] = self._local(state[self.name])
         value = local.get()
         # Kept in the instance too, where it is read once disable() removed
         # this descriptor.
@@ -92,7 +93,7 @@ class _PerProcessAttribute:
         return value
 
     def __set__(self, instance: Any, value: Any) -> None:
-        instance.__dict__[self.slot] = self._local(instance, value)
+        instance.__dict__[self.slot] = self._local(value)
         instance.__dict__[self.name] = value
 
 
