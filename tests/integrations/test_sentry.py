@@ -228,7 +228,8 @@ def test_with_the_integration_a_child_forked_during_a_flush_sends(
 def test_a_fork_pool_sends_each_event_once(collector: tuple[Collector, str]) -> None:
     """A fork pool whose tasks flush sends each task's event and log once,
     from the worker that ran it, with atfork's integrations (without them,
-    some of a worker's events are lost in some runs)."""
+    some of a worker's events are lost in some runs: the workers share the
+    parent's keep-alive connection and read one another's answers)."""
     result, found = scenario(collector, POOL, with_atfork=True, integrations=f"sentry,{OTHERS}")
     pids = result["children"]
     names = [f"{kind}-first-{result['pid']}" for kind in ("event", "log")]
