@@ -18,7 +18,17 @@ import atfork
 SOURCE = os.path.dirname(atfork.__path__[0])
 
 # What run enables when told nothing: every built-in integration but uwsgi.
-DEFAULT = ["db", "django", "http", "logging", "prometheus", "random", "stdio", "threading"]
+DEFAULT = [
+    "db",
+    "django",
+    "http",
+    "logging",
+    "prometheus",
+    "random",
+    "sentry",
+    "stdio",
+    "threading",
+]
 
 REPORT = """
 import json, os, sys

@@ -44,6 +44,7 @@ BUILTIN: tuple[str, ...] = (
     "logging",
     "prometheus",
     "random",
+    "sentry",
     "stdio",
     "threading",
     "uwsgi",
