@@ -53,7 +53,10 @@ What this module does
         handler as busy (holding a handler lock while the standard library
         waits for the module lock would deadlock with ``logging.config``,
         which takes them in the other order). It notes the ``QueueListener``
-        threads, and has replacements ready for the standard streams.
+        objects whose thread is running (those found running at
+        :func:`enable` and those started since: ``QueueListener.start`` is
+        wrapped while enabled), and has replacements ready for the standard
+        streams.
     parent
         It releases what it took.
     child
@@ -89,14 +92,18 @@ With ``enable(shared_rotation=True)``, ``RotatingFileHandler`` and
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import threading
+import weakref
 from _thread import _count as _thread_count
 from _thread import get_ident
+from types import ModuleType
 from typing import Any
 
 from atfork.integrations import PRIORITY_LOGGING, _buffers, _rotation, _streams
+from atfork.integrations._imports import when_imported
 from atfork.integrations._toolkit import (
     LOCK_TYPES,
     RLOCK_TYPES,
@@ -182,12 +189,11 @@ def _prepare() -> None:
         raise
     _forks[get_ident()] = fork
 
-    handlers_module = sys.modules.get("logging.handlers")
-    if handlers_module is not None:
-        listener_type = handlers_module.QueueListener
-        for thread in tuple(_threads.values()):
-            listener = getattr(vars(thread).get("_target"), "__self__", None)
-            if isinstance(listener, listener_type):
+    if _listeners:
+        for ref in tuple(_listeners.values()):
+            listener = ref()
+            thread = getattr(listener, "_thread", None)  # None once stopped
+            if thread is not None and thread.is_alive():
                 fork.listeners.append(listener)
     _streams.prepare_spares()
 
@@ -296,6 +302,58 @@ def _repair_queues(handlers: list[logging.Handler], listeners: list[Any]) -> Non
                 vars(handler)["enqueue"] = listener.handle
 
 
+# -- QueueListeners ----------------------------------------------------------------
+
+# The QueueListeners started while enabled, or running at enable(), by id:
+# a weak reference to each. Noted when started rather than looked for among
+# the threads at each fork, which would touch every thread object.
+_listeners: dict[int, weakref.KeyedRef[int, Any]] = {}
+# QueueListener.start as the standard library defines it, while replaced.
+_original_start: Any = None
+
+
+def _forget_listener(ref: weakref.KeyedRef[int, Any]) -> None:
+    if _listeners.get(ref.key) is ref:
+        _listeners.pop(ref.key, None)
+
+
+def _note_listener(listener: Any) -> None:
+    _listeners[id(listener)] = weakref.KeyedRef(listener, _forget_listener, id(listener))
+
+
+def _watch_listeners(handlers_module: ModuleType) -> None:
+    """Note the running QueueListeners, and replace ``QueueListener.start``
+    by a wrapper that notes each listener it starts."""
+    global _original_start
+    if not _hook.active or _original_start is not None:
+        return
+    listener_type = handlers_module.QueueListener
+    for thread in tuple(_threads.values()):
+        listener = getattr(vars(thread).get("_target"), "__self__", None)
+        if isinstance(listener, listener_type):
+            _note_listener(listener)
+    original = _original_start = listener_type.start
+
+    @functools.wraps(original)
+    def start(self: Any) -> None:
+        original(self)
+        _note_listener(self)
+
+    listener_type.start = start
+
+
+def _unwatch_listeners() -> None:
+    global _original_start
+    handlers_module = sys.modules.get("logging.handlers")
+    if _original_start is not None and handlers_module is not None:
+        listener_type = handlers_module.QueueListener
+        # Unless something replaced it since.
+        if getattr(listener_type.start, "__wrapped__", None) is _original_start:
+            listener_type.start = _original_start
+    _original_start = None
+    _listeners.clear()
+
+
 _hook = HookSlot()
 _shared_rotation = False
 
@@ -336,6 +394,7 @@ def enable(*, shared_rotation: bool = False) -> None:
     if not _hook.active:
         _buffers.start(__name__)
         _hook.register(_prepare, _parent, _child, priority=PRIORITY_LOGGING, name=__name__)
+        when_imported("logging.handlers", _watch_listeners)
 
 
 def disable() -> None:
@@ -348,6 +407,7 @@ def disable() -> None:
     _shared_rotation = False
     _rotation.unshare()
     _hook.release()
+    _unwatch_listeners()
     _buffers.stop(__name__)
 
 

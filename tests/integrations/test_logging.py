@@ -146,14 +146,16 @@ with open(path) as f:
 """
 
 
+@pytest.mark.parametrize("late", [False, True], ids=["started-after-enable", "running-at-enable"])
 @pytest.mark.parametrize("kind", ["Queue", "SimpleQueue"])
-def test_queue_listener(kind: str, tmp_path: os.PathLike[str]) -> None:
+def test_queue_listener(kind: str, late: bool, tmp_path: os.PathLike[str]) -> None:
     """Case 5: the QueueListener thread does not exist in the child, so the
     child's records are never handled; with the integration the child's
     record is handled once, and the parent's queued records once (the child
-    does not handle its copy of them)."""
+    does not handle its copy of them). The listener is started after
+    enable() (noted by the wrapped start()) or before it (found running)."""
     plain, fixed = without_and_with(
-        QUEUE_LISTENER.format(tmp=os.fspath(tmp_path), queue=kind), ("logging",)
+        QUEUE_LISTENER.format(tmp=os.fspath(tmp_path), queue=kind), ("logging",), late=late
     )
     parent = ["p0", "p1", "p2", "p3", "p4"]
     assert {"outcome": "ok", "result": None, "lines": parent} == plain
@@ -305,6 +307,21 @@ def test_disable_restores_the_hang() -> None:
 def test_enable_is_idempotent() -> None:
     """enable() twice registers one hook; disable() twice is harmless."""
     assert_idempotent(atfork_logging)
+
+
+def test_queue_listener_start_is_wrapped_only_while_enabled() -> None:
+    """enable() wraps QueueListener.start to note the listeners it starts;
+    disable() puts the standard library's back."""
+    import logging.handlers
+
+    original = logging.handlers.QueueListener.start
+    atfork_logging.enable()
+    try:
+        assert logging.handlers.QueueListener.start is not original
+        assert original is logging.handlers.QueueListener.start.__wrapped__  # type: ignore[attr-defined]
+    finally:
+        atfork_logging.disable()
+    assert logging.handlers.QueueListener.start is original
 
 
 def test_enabled_by_name() -> None:
