@@ -108,10 +108,13 @@ class Registry(Versioned[int, _Entry, tuple[int, _Entry]]):
     of ``entries`` makes a new version, and take() copies the entries once
     per version."""
 
-    __slots__ = ()
+    __slots__ = ("mortal",)
 
     def __init__(self) -> None:
         super().__init__(dict.items)
+        #: The keys of entries registered with ``alive`` (held strongly),
+        #: the only ones :meth:`prune` looks at; stale keys are dropped there.
+        self.mortal: set[int] = set()
 
     def _forget(self, key: int, ref: weakref.ref[Any]) -> None:
         entry = self.entries.get(key)
@@ -140,6 +143,8 @@ class Registry(Versioned[int, _Entry, tuple[int, _Entry]]):
             auto = auto and old.auto
         get = ref_or_strong(obj, functools.partial(self._forget, key))  # sqlite3: strong
         self.entries[key] = _Entry(get, quarantine, auto, keep, alive)
+        if alive is not None:
+            self.mortal.add(key)
         self.changed()
 
     def forget_auto(self) -> None:
@@ -150,10 +155,19 @@ class Registry(Versioned[int, _Entry, tuple[int, _Entry]]):
         self.changed()
 
     def prune(self) -> None:
-        """Release strongly held objects that were closed since (parent side)."""
-        for key, entry in list(self.entries.items()):
-            if entry.alive is not None and not entry.alive(entry.get()):
+        """Release strongly held objects that were closed since (parent
+        side, after each fork). It looks at those alone: with none, the
+        common case, it touches no entry (each is a page written after the
+        fork)."""
+        if not self.mortal:
+            return
+        for key in self.mortal.copy():  # a copy: other threads may register
+            entry = self.entries.get(key)
+            if entry is None or entry.alive is None:
+                self.mortal.discard(key)
+            elif not entry.alive(entry.get()):
                 self.entries.pop(key, None)
+                self.mortal.discard(key)
                 self.changed()
 
     def tracked_count(self) -> int:
