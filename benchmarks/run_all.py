@@ -26,6 +26,7 @@ BENCHMARKS = (
     "bench_db",
     "bench_http",
     "bench_service",
+    "bench_faults",
 )
 #: Seconds one benchmark may take before the run fails.
 DEADLINE = 3600
