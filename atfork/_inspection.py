@@ -28,7 +28,7 @@ import types
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from atfork.integrations import _streams, _tracked_kinds
+from atfork.integrations import _tracked_kinds
 from atfork.integrations import db as db_integration
 from atfork.integrations import http as http_integration
 from atfork.integrations import threading as threading_integration
@@ -321,8 +321,20 @@ def _called(named: dict[int, tuple[str, Any]], obj: object) -> str:
 
 
 def buffered(stream: Any) -> bool:
-    """The stream has a ``BufferedWriter`` (and with it a lock and a buffer)."""
-    return _streams.replaceable(stream) and type(stream.buffer) is io.BufferedWriter
+    """The stream is an open text stream over a file descriptor, the kind
+    :func:`open` and the interpreter make, with a ``BufferedWriter`` (and
+    with it a lock and a buffer) between the two."""
+    if type(stream) is not io.TextIOWrapper:
+        return False
+    try:
+        buffer = stream.buffer
+    except ValueError:  # detached
+        return False
+    return (
+        type(buffer) is io.BufferedWriter
+        and type(buffer.raw) is io.FileIO
+        and not buffer.raw.closed
+    )
 
 
 def _streams_findings(others: list[threading.Thread], stdio: bool) -> list[Finding]:

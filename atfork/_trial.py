@@ -88,7 +88,7 @@ def _fd(stream: Any) -> int | None:
 
 def _flush_step(name: str) -> Step:
     def run(capture: int) -> tuple[int, str]:
-        # Looked up in the child: the stdio integration may have replaced it.
+        # Looked up in the child: the program may have replaced it.
         stream = getattr(sys, name)
         if stream is None or _fd(stream) not in (1, 2):
             return 0, ""

@@ -27,7 +27,6 @@ __all__ = [
     "PRIORITY_LOGGING",
     "PRIORITY_PROMETHEUS",
     "PRIORITY_RANDOM",
-    "PRIORITY_STDIO",
     "PRIORITY_THREADING",
     "Integration",
     "available",
@@ -58,7 +57,7 @@ VARIABLE = "ATFORK_INTEGRATIONS"
 # The priorities the built-in integrations register with. User hooks default
 # to 0: a higher priority runs earlier in the child and later in prepare, so
 # the integrations repair the child (buffered files, then locks, then
-# streams, then logging) before any user child callback runs, and take their
+# logging) before any user child callback runs, and take their
 # prepare-time state after every user prepare callback ran; user callbacks
 # may log, print and use locks in both. Buffered files come first: any later
 # child callback may print or log, and the failure of one is reported on
@@ -67,14 +66,13 @@ VARIABLE = "ATFORK_INTEGRATIONS"
 # quarantine is idempotent). prometheus_client's shared lock is repaired
 # with the other locks, before any user child callback counts something.
 
-#: The buffered-file repair of the ``stdio`` and ``logging`` integrations.
+#: The buffered-file repair of the ``stdio`` and ``logging`` integrations
+#: (all the ``stdio`` integration does).
 PRIORITY_BUFFERS = 1500
 #: The ``threading`` integration.
 PRIORITY_THREADING = 1400
 #: The ``prometheus`` integration.
 PRIORITY_PROMETHEUS = 1350
-#: The ``stdio`` integration.
-PRIORITY_STDIO = 1300
 #: The ``logging`` integration.
 PRIORITY_LOGGING = 1200
 #: The ``random`` integration.

@@ -206,8 +206,10 @@ def stop(user: str) -> None:
         _found.clear()
 
 
-def is_started() -> bool:
-    return bool(_users)
+def is_started(user: str | None = None) -> bool:
+    """Whether ``user`` (or, without one, any user) has started and not
+    stopped."""
+    return bool(_users) if user is None else user in _users
 
 
 # -- child ------------------------------------------------------------------------

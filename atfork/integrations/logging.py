@@ -38,8 +38,7 @@ What this module does
 
     A process with no other thread at the fork (none started by
     ``threading`` or ``_thread``, none foreign that logged) has no lock
-    held and no write in progress: for it, the child then only points
-    handlers at the streams the stdio integration replaced and empties
+    held and no write in progress: for it, the child then only empties
     ``BufferingHandler`` buffers (the parent's records, which the parent
     flushes). Otherwise:
 
@@ -47,16 +46,15 @@ What this module does
         It takes ``logging``'s module lock, then the lock of every handler
         (those that exist at that fork, whenever they were created), each
         without waiting. A lock that is free stays held across the fork, so
-        no thread is in the middle of a record. A handler whose lock is busy
-        is noted; the fork never waits for it, nor for any in-flight log
-        call. If the module lock is busy, it takes nothing and treats every
-        handler as busy (holding a handler lock while the standard library
+        no thread is in the middle of a record. A busy lock is left (the
+        standard library makes it again in the child); the fork never waits
+        for it, nor for any in-flight log call. If the module lock is busy,
+        it takes no handler lock (holding one while the standard library
         waits for the module lock would deadlock with ``logging.config``,
         which takes them in the other order). It notes the ``QueueListener``
         objects whose thread is running (those found running at
         :func:`enable` and those started since: ``QueueListener.start`` is
-        wrapped while enabled), and has replacements ready for the standard
-        streams.
+        wrapped while enabled).
     parent
         It releases what it took.
     child
@@ -66,12 +64,8 @@ What this module does
         ``queue.Queue`` attribute), of the listeners' queues and of
         structlog's files is re-created in place (``_at_fork_reinit``,
         which takes no lock), and the conditions forget the parent's waiting
-        threads. A busy handler gets a fresh stream on the same file
-        descriptor, and so does a handler writing to a standard stream
-        (``print()`` in another thread may have held its lock); with the
-        stdio integration, such handlers write to its replacements. A
-        stream set aside is never flushed or closed (see the stdio
-        integration). Each listener that was running has its queue emptied
+        threads. Handlers keep their streams, repaired in place by then
+        (see above). Each listener that was running has its queue emptied
         (the parent handles those records) and its ``QueueHandler`` s hand
         records straight to it: the child's records are handled at once, in
         the logging thread, and none is lost when the child ends with
@@ -102,14 +96,13 @@ from _thread import get_ident
 from types import ModuleType
 from typing import Any
 
-from atfork.integrations import PRIORITY_LOGGING, _buffers, _rotation, _streams
+from atfork.integrations import PRIORITY_LOGGING, _buffers, _rotation
 from atfork.integrations._imports import when_imported
 from atfork.integrations._toolkit import (
     LOCK_TYPES,
     RLOCK_TYPES,
     ForkStates,
     HookSlot,
-    keep_forever,
     renew_locks,
 )
 
@@ -124,7 +117,7 @@ _threads: dict[int, threading.Thread] = vars(threading)["_active"]
 class _Fork:
     """What the prepare phase of one fork found, for its parent and child."""
 
-    __slots__ = ("acquired", "busy", "listeners", "module_lock", "threaded")
+    __slots__ = ("acquired", "listeners", "module_lock", "threaded")
 
     def __init__(self, threaded: bool = True) -> None:
         #: Whether other threads existed: without them no lock can be held
@@ -133,9 +126,6 @@ class _Fork:
         self.module_lock = False
         #: Handler locks taken in prepare, in the order taken.
         self.acquired: list[Any] = []
-        #: Handlers whose lock was busy: a thread was in the middle of a
-        #: record, maybe of a write to the handler's stream.
-        self.busy: list[logging.Handler] = []
         #: QueueListeners whose thread was running.
         self.listeners: list[Any] = []
 
@@ -176,13 +166,8 @@ def _prepare() -> None:
             acquired = fork.acquired
             for handler in handlers:
                 lock: Any = getattr(handler, "lock", None)
-                if type(lock) in LOCK_TYPES:
-                    if lock.acquire(False):
-                        acquired.append(lock)
-                    else:
-                        fork.busy.append(handler)
-        else:
-            fork.busy.extend(h for h in handlers if h is not None)
+                if type(lock) in LOCK_TYPES and lock.acquire(False):
+                    acquired.append(lock)
     except BaseException:
         # Neither parent nor child will run for this fork: let go at once.
         _parent_release(fork)
@@ -195,7 +180,6 @@ def _prepare() -> None:
             thread = getattr(listener, "_thread", None)  # None once stopped
             if thread is not None and thread.is_alive():
                 fork.listeners.append(listener)
-    _streams.prepare_spares()
 
 
 def _parent_release(fork: _Fork) -> None:
@@ -226,7 +210,7 @@ def _child() -> None:
         if fork.module_lock and _module_lock._is_owned():  # reset by the standard library
             _module_lock.release()
     handlers_module = sys.modules.get("logging.handlers")
-    if not (threaded or _streams.replaced or handlers_module is not None):
+    if not (threaded or handlers_module is not None):
         return  # nothing to repair: the common case stays cheap
 
     handlers = [h for h in (ref() for ref in _handler_refs) if h is not None]
@@ -242,7 +226,6 @@ def _child() -> None:
         if write_locks is not None:
             # A dict, or (structlog 26+) a WeakKeyDictionary and its dict.
             renew_locks(getattr(write_locks, "data", write_locks).values())
-    _repair_streams(handlers, fork.busy if threaded else None)
     if fork.listeners:
         _repair_queues(handlers, fork.listeners)
     if handlers_module is not None:
@@ -250,37 +233,6 @@ def _child() -> None:
         for handler in handlers:
             if isinstance(handler, buffering):
                 handler.buffer.clear()  # the parent's records: the parent flushes them
-
-
-def _repair_streams(handlers: list[logging.Handler], busy: list[logging.Handler] | None) -> None:
-    """Point the handlers at fresh streams where the inherited one may be
-    unusable: with other threads at the fork (``busy`` is not None), the
-    streams of busy handlers and the standard streams (print() in any
-    thread may have held their lock); in any case, the standard streams the
-    stdio integration replaced."""
-    replaced = _streams.replaced  # by the stdio integration, in this child
-    suspects: set[int] = set()
-    if busy is not None:
-        suspects.update(map(id, (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)))
-        suspects.update(id(vars(handler).get("stream")) for handler in busy)
-    made: dict[int, Any] = {}
-    for handler in handlers:
-        attributes = vars(handler)
-        stream = attributes.get("stream")
-        if stream is None:
-            continue
-        key = id(stream)
-        new = replaced.get(key) or made.get(key)
-        if new is None:
-            if key not in suspects or not _streams.replaceable(stream):
-                continue
-            try:
-                new = made[key] = _streams.take_spare(stream)
-            except OSError:  # its descriptor was closed: nothing to write to anyway
-                continue
-            keep_forever(stream)
-        # Set directly: setStream() would flush the inherited stream.
-        attributes["stream"] = new
 
 
 def _repair_queues(handlers: list[logging.Handler], listeners: list[Any]) -> None:

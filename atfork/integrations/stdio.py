@@ -23,29 +23,18 @@ What the standard library does, 3.9 - 3.14
     this module relies on it.)
 
 What this module does
-    prepare
-        It has a replacement ready for each of the interpreter's standard
-        streams (made once, and again only when the stream or its
-        configuration changed), so that the child need not build one.
-    parent
+    prepare, parent
         Nothing.
     child
-        First, before every other atfork child callback, each buffered file
-        it covers (see "Buffered files" below) is repaired in place: the
-        same object gets a free lock and an empty buffer (the parent's
-        buffered output, the parent writes), keeping its raw file, buffer
-        size, encoding, newline and every other setting. Nothing of the
-        parent's is written, flushed or closed. Then, if ``sys.stdout`` is
-        the interpreter's own stream (it is ``sys.__stdout__``, a text
-        stream over a file descriptor), it is replaced, together with
-        ``sys.__stdout__``, by a new stream on the same file descriptor with
-        the same encoding, errors, line buffering and write-through, with an
-        empty buffer and a free lock; the same for ``sys.stderr``. A stream
-        the program installed itself (a ``StringIO``, a wrapper) is left in
-        place. The inherited stream is never flushed or closed in the child,
-        not even by garbage collection or at interpreter exit. The logging
-        integration, when enabled, points handlers that wrote to a replaced
-        stream at its replacement.
+        First, before every other atfork child callback, each buffered
+        file it covers (see "Buffered files" below), the standard streams
+        among them, is repaired in place: the same object gets a free lock
+        and an empty buffer (the parent's buffered output, the parent
+        writes), keeping its raw file, buffer size, encoding, newline and
+        every other setting. Nothing of the parent's is written, flushed or
+        closed. ``sys.stdout`` and ``sys.stderr`` stay the objects they
+        were, so every reference to them (``out = sys.stdout``, a logging
+        handler's stream) writes, and is flushed, as in any process.
 
 Buffered files
     Covered: each open ``io.BufferedWriter`` and ``io.BufferedRandom`` over
@@ -78,9 +67,7 @@ Buffered files
     offset, which it shares with the parent anyway.
 
 The descriptors are not touched: ``1`` and ``2`` are shared with the parent
-as before. Code that kept a reference to the old standard stream (``out =
-sys.stdout``) still writes through it, repaired in place, but what it leaves
-in that stream's buffer is never flushed (the stream is set aside). A parent
+as before. A parent
 that ends with ``os._exit()`` right after the fork (a daemon's first fork)
 drops what was still buffered then: neither process writes it. Flush before
 such a fork.
@@ -90,66 +77,31 @@ such a fork.
 
 from __future__ import annotations
 
-import sys
 from typing import TypeVar
 
-from atfork.integrations import PRIORITY_STDIO, _buffers, _streams
-from atfork.integrations._toolkit import HookSlot, keep_forever
+from atfork.integrations import _buffers
 
 __all__ = ["disable", "enable", "is_enabled", "track"]
 
 F = TypeVar("F")
 
-_hook = HookSlot()
-
-# The standard streams: (sys attribute, the interpreter's own object).
-_NAMES = (("stdout", "__stdout__"), ("stderr", "__stderr__"))
-
-
-def _prepare() -> None:
-    _streams.prepare_spares()
-
-
-def _child() -> None:
-    replaced = _streams.replaced
-    replaced.clear()
-    for name, own_name in _NAMES:
-        stream = getattr(sys, name)
-        if (
-            stream is None
-            or stream is not getattr(sys, own_name)
-            or not _streams.replaceable(stream)
-        ):
-            continue
-        try:
-            new = _streams.take_spare(stream)
-        except OSError:  # its descriptor was closed: nothing to write to anyway
-            continue
-        keep_forever(stream)
-        setattr(sys, own_name, new)
-        setattr(sys, name, new)
-        replaced[id(stream)] = new
-
 
 def enable() -> None:
-    """Give every forked child fresh ``sys.stdout`` and ``sys.stderr``
-    objects; calling it again does nothing.
+    """Repair ``sys.stdout``, ``sys.stderr`` and the other buffered files in
+    every forked child; calling it again does nothing.
 
     .. versionadded:: 0.1
     """
-    if not _hook.active:
-        _buffers.start(__name__)
-        _hook.register(_prepare, None, _child, priority=PRIORITY_STDIO, name=__name__)
+    _buffers.start(__name__)
 
 
 def disable() -> None:
-    """Stop replacing the standard streams in children forked from now on;
-    calling it again does nothing.
+    """Stop repairing the buffered files in children forked from now on
+    (the logging integration, while enabled, still repairs them); calling
+    it again does nothing.
 
     .. versionadded:: 0.1
     """
-    _hook.release()
-    _streams.replaced.clear()
     _buffers.stop(__name__)
 
 
@@ -182,4 +134,4 @@ def is_enabled() -> bool:
 
     .. versionadded:: 0.1
     """
-    return _hook.active
+    return _buffers.is_started(__name__)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from scenario_logging import assert_idempotent, run, without_and_with
+from scenario_logging import run, without_and_with
 
+import atfork
 from atfork.integrations import stdio
 from atfork.testing import run_python
 
@@ -95,10 +96,10 @@ inherited = (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__)
 def child():
     out, err, own_out, own_err = inherited
     return dict(
-        new=(sys.stdout is not out, sys.stderr is not err),
+        same=(sys.stdout is out, sys.stderr is err),
         own=(sys.__stdout__ is sys.stdout, sys.__stderr__ is sys.stderr),
         user=sys.stdout is out and isinstance(out, io.StringIO),
-        inherited_open=(own_out.closed, own_err.closed) == (False, False),
+        open=(own_out.closed, own_err.closed) == (False, False),
         stdout=describe(sys.__stdout__),
         stderr=describe(sys.__stderr__),
     )
@@ -110,17 +111,17 @@ report(found)
 
 
 @pytest.mark.parametrize("unbuffered", [False, True])
-def test_fresh_streams_like_the_inherited_ones(unbuffered: bool) -> None:
-    """The child's sys.stdout and sys.stderr are new objects (sys.__stdout__
-    and sys.__stderr__ too) on the same descriptors, with the same encoding,
-    errors, buffering and write-through, unbuffered (python -u) or not; the
-    inherited ones stay open."""
+def test_standard_streams_stay_the_same_objects(unbuffered: bool) -> None:
+    """The child's sys.stdout and sys.stderr are the inherited objects,
+    repaired in place: open, on the same descriptors, with the same
+    encoding, errors, buffering and write-through, unbuffered (python -u)
+    or not."""
     env = {"PYTHONUNBUFFERED": "1"} if unbuffered else None
     found = run(PROPERTIES.format(setup=""), ("stdio",), env=env)
     result = found["result"]
-    assert (True, True) == tuple(result["new"])
+    assert (True, True) == tuple(result["same"])
     assert (True, True) == tuple(result["own"])
-    assert result["inherited_open"]
+    assert result["open"]
     assert found["parent"] == {"stdout": result["stdout"], "stderr": result["stderr"]}
     assert ("replace", True) == (result["stdout"]["errors"], result["stdout"]["line_buffering"])
     assert ("latin-1", 2) == (result["stderr"]["encoding"], result["stderr"]["fileno"])
@@ -130,11 +131,33 @@ def test_fresh_streams_like_the_inherited_ones(unbuffered: bool) -> None:
 
 def test_a_stream_the_program_installed_is_left_alone() -> None:
     """sys.stdout replaced by the program (a StringIO) is the same object in
-    the child; sys.stderr, the interpreter's own, is replaced."""
+    the child."""
     found = run(PROPERTIES.format(setup="sys.stdout = io.StringIO()"), ("stdio",))
     result = found["result"]
     assert result["user"]
-    assert (False, True) == tuple(result["new"])
+    assert (True, True) == tuple(result["same"])
+
+
+SAVED_REFERENCE = """\
+import os, sys
+from atfork.testing import wait_child
+import atfork.integrations.stdio
+atfork.integrations.stdio.enable()
+out = sys.stdout  # kept, as a library's console object keeps it
+pid = os.fork()
+if pid == 0:
+    out.write("child, through a saved reference\\n")  # stdout is a pipe: buffered
+    sys.exit(0)  # a normal exit flushes sys.stdout, which is that object
+sys.exit(wait_child(pid))
+"""
+
+
+def test_output_through_a_saved_reference_is_written() -> None:
+    """What a child writes through a reference to sys.stdout kept from
+    before the fork is flushed at its exit, once."""
+    found = run_python(SAVED_REFERENCE, timeout=30)
+    assert 0 == found.returncode, found.stderr
+    assert 1 == found.stdout.count("child, through a saved reference")
 
 
 HANDLERS = """
@@ -142,12 +165,12 @@ if {threads!r}:  # another thread may be writing to a standard stream
     threading.Thread(target=threading.Event().wait, daemon=True).start()
 to_stderr = logging.StreamHandler()
 to_stdout = logging.StreamHandler(sys.stdout)
-inherited = sys.stderr
+inherited = (sys.stderr, sys.stdout)
 
 def child():
     return dict(
-        current=(to_stderr.stream is sys.stderr, to_stdout.stream is sys.stdout),
-        inherited=to_stderr.stream is inherited,
+        same=(to_stderr.stream is sys.stderr, to_stdout.stream is sys.stdout),
+        inherited=(to_stderr.stream, to_stdout.stream) == inherited,
         fileno=to_stderr.stream.fileno(),
     )
 
@@ -155,59 +178,62 @@ report(outcome(child))
 """
 
 
-@pytest.mark.parametrize(
-    ("integrations", "threads", "current", "inherited"),
-    [
-        (("stdio",), True, [False, False], True),
-        (("logging",), True, [False, False], False),
-        (("logging",), False, [True, True], True),
-        (("logging", "stdio"), True, [True, True], False),
-        (("logging", "stdio"), False, [True, True], False),
-    ],
-)
-def test_logging_handlers_follow_the_new_streams(
-    integrations: tuple[str, ...], threads: bool, current: list[bool], inherited: bool
-) -> None:
-    """With both integrations, handlers that wrote to the inherited stdout or
-    stderr write to the replacements. The logging integration alone gives
-    them a fresh stream of their own when other threads existed at the fork
-    (one of them may have held the stream's lock), and leaves them alone in
-    a process without threads; stdio alone leaves handlers alone."""
+@pytest.mark.parametrize("threads", [False, True])
+@pytest.mark.parametrize("integrations", [("stdio",), ("logging",), ("logging", "stdio")])
+def test_logging_handlers_keep_their_streams(integrations: tuple[str, ...], threads: bool) -> None:
+    """Handlers that wrote to sys.stdout or sys.stderr write to them in the
+    child too: the same objects, repaired in place, with or without other
+    threads at the fork."""
     result = run(HANDLERS.format(threads=threads), integrations)["result"]
-    assert (current, inherited, 2) == (result["current"], result["inherited"], result["fileno"])
+    assert ([True, True], True, 2) == (result["same"], result["inherited"], result["fileno"])
 
 
-def test_disable_restores_the_inherited_streams() -> None:
-    """After disable(), the child keeps the inherited objects, as without
-    the integration."""
-    body = PROPERTIES.format(setup="import atfork.integrations.stdio as s; s.disable()")
-    result = run(body, ("stdio",))["result"]
-    assert [False, False] == result["new"]
+def test_disable_stops_the_repair() -> None:
+    """After disable(), the child writes the parent's pending output again,
+    as without the integration."""
+    body = PENDING_OUTPUT.format(enabled=True).replace(
+        "stdio.enable()", "stdio.enable()\n    atfork.integrations.stdio.disable()"
+    )
+    found = run_python(body, timeout=30)
+    assert 0 == found.returncode, found.stderr
+    assert 2 == found.stdout.count("pending from the parent")
 
 
-GRANDCHILD = """
-def grandchild():
-    print("grandchild", flush=True)
-    return sys.stdout is not inherited
-
-def child():
-    global inherited
-    inherited = sys.stdout
-    return outcome(grandchild)
-
-report(outcome(child))
+GRANDCHILD = """\
+import os, sys
+from atfork.testing import wait_child
+if {enabled!r}:
+    import atfork.integrations.stdio
+    atfork.integrations.stdio.enable()
+pid = os.fork()
+if pid == 0:
+    print("pending in the child")  # stdout is a pipe: this stays in the buffer
+    grandchild = os.fork()
+    if grandchild == 0:
+        sys.exit(0)
+    sys.exit(wait_child(grandchild))
+sys.exit(wait_child(pid))
 """
 
 
-def test_a_child_of_a_child_gets_fresh_streams_too() -> None:
-    """A child's own child replaces the streams it inherited from the child."""
-    found = run(GRANDCHILD, ("stdio",))
-    assert {"outcome": "ok", "result": True} == found["result"]
+@pytest.mark.parametrize("enabled", [False, True])
+def test_a_child_of_a_child_is_repaired_too(enabled: bool) -> None:
+    """Output pending in a child when it forks again is written by that
+    child alone; without the integration by the grandchild too."""
+    found = run_python(GRANDCHILD.format(enabled=enabled), timeout=30)
+    assert 0 == found.returncode, found.stderr
+    assert (1 if enabled else 2) == found.stdout.count("pending in the child")
 
 
 def test_enable_is_idempotent() -> None:
-    """enable() twice registers one hook; disable() twice is harmless."""
-    assert_idempotent(stdio)
+    """enable() twice starts the repair once; disable() twice is harmless."""
+    stdio.enable()
+    stdio.enable()
+    assert stdio.is_enabled()
+    assert 1 == len([h for h in atfork.hooks() if h.name == "atfork.integrations._buffers"])
+    stdio.disable()
+    stdio.disable()
+    assert not stdio.is_enabled()
 
 
 INTACT = """\
