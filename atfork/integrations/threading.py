@@ -398,10 +398,17 @@ def _scan(classes: list[tuple[type, weakref.WeakSet[Any]]]) -> None:
     ``enable()``, in one pass over the objects the collector tracks, rather
     than at each fork."""
     types_ = tuple(cls for cls, _ in classes)
+    wanted: dict[type, bool] = {}
     for obj in gc.get_objects():
-        if isinstance(obj, types_):
+        # By the type alone: isinstance() asks a proxy's __class__, and a
+        # dead weakref.proxy raises ReferenceError there.
+        kind = type(obj)
+        found_kind = wanted.get(kind)
+        if found_kind is None:
+            found_kind = wanted[kind] = issubclass(kind, types_)
+        if found_kind:
             for cls, found in classes:
-                if isinstance(obj, cls):
+                if issubclass(kind, cls):
                     found.add(obj)
 
 

@@ -476,3 +476,26 @@ def test_names_are_separated_by_commas_or_spaces() -> None:
     from atfork.integrations import split_names
 
     assert ["logging", "stdio", "db"] == split_names(" logging,stdio  db, ")
+
+
+DEAD_PROXY = """
+import weakref
+
+class Thing:
+    pass
+
+thing = Thing()
+proxy = weakref.proxy(thing)
+del thing  # the proxy stays on the heap, dead
+import atfork.integrations
+atfork.integrations.enable("logging", "stdio", "threading", "random")
+print("enabled")
+"""
+
+
+def test_heap_scans_pass_a_dead_proxy() -> None:
+    """enable() scans the heap by each object's type: a dead weakref.proxy
+    there (isinstance() would ask its __class__, and get ReferenceError)
+    does not stop it."""
+    found = run_python(DEAD_PROXY, timeout=60)
+    assert (0, "enabled") == (found.returncode, found.stdout.strip()), found.stderr
