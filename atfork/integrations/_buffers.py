@@ -31,6 +31,11 @@ reported on ``sys.stderr``)
     closed in the child; a raw file that ``__init__`` would refuse (closed)
     is left alone, since a refused ``__init__`` leaves the object unusable.
 
+On the free-threaded build each file object also has a mutex of its own,
+which its methods take, and which CPython can leave locked in the child (a
+contended mutex handed to a waiting thread just before the fork): in the
+child, before any file is used, the mutex of each one found is cleared.
+
 Finding: a heap scan (``gc.get_objects()``) when the first user starts,
 then a wrapper of ``open()`` that notes each file it returns; in the child,
 the attributes of logging handlers and of the standard streams; and
@@ -41,6 +46,7 @@ fork time but those attributes.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import functools
 import gc
 import io
@@ -189,6 +195,9 @@ def start(user: str) -> None:
     first = not _users
     _users.add(user)
     if first:
+        global _OB_MUTEX
+        if _OB_MUTEX is None:
+            _OB_MUTEX = _object_mutexes()
         _scan()
         _replace_open()
     _hook.register(child=_child, priority=PRIORITY_BUFFERS, name=__name__)
@@ -272,9 +281,58 @@ def _size(buffer: Any, base: Any) -> int:
     return size if size > 0 else io.DEFAULT_BUFFER_SIZE
 
 
+# -- the free-threaded build: object mutexes ------------------------------------
+
+# On the free-threaded build every object has a mutex of its own, the one the
+# critical sections of its methods take (``ob_mutex``, a byte of the object
+# header), and the file objects' methods all take it. CPython may hand a
+# contended mutex to a waiting thread as it unlocks it: forked at that
+# moment, the child has the mutex locked by a thread it does not have, and
+# the first use of the file hangs (seen with threads printing at once). In
+# the child, where this thread alone runs, a locked mutex of a covered file
+# is cleared before the file is used. No critical section of this thread is
+# on a file object here: it is in a fork hook, not in a file's method.
+_OB_MUTEX: Callable[[object], Any] | None = None
+
+
+def _object_mutexes() -> Callable[[object], Any] | None:
+    """On the free-threaded build, a function giving an object's
+    ``ob_mutex`` byte (a ``ctypes`` view), if the object header is laid
+    out as in 3.13t - 3.14t (``ob_mutex`` at offset 10, ``ob_type`` at 24);
+    otherwise None."""
+    import sysconfig
+
+    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+        return None
+    import ctypes
+
+    probe = io.BytesIO()
+    if ctypes.c_void_p.from_address(id(probe) + 24).value != id(type(probe)):
+        return None
+    byte = ctypes.c_uint8.from_address
+
+    def mutex(obj: object) -> Any:
+        return byte(id(obj) + 10)
+
+    return mutex
+
+
+def _free_mutex(obj: object) -> None:
+    if _OB_MUTEX is not None:
+        view = _OB_MUTEX(obj)
+        if view.value:
+            view.value = 0  # unlocked, no waiter: no other thread is here
+
+
 def _child() -> None:
     fd_raw = _fd_raw_types()
     files = _candidates()
+    if _OB_MUTEX is not None:
+        for obj, _ in files.values():
+            _free_mutex(obj)
+            if isinstance(obj, _TEXT):
+                with contextlib.suppress(ValueError):  # detached
+                    _free_mutex(obj.buffer)
     done: set[int] = set()  # ids of the buffers repaired
     error: BaseException | None = None
     # Text files first: once its buffer is repaired, a text file's pending

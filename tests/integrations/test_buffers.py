@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from free_threading import FREE_THREADED
 from scenario_logging import HANG, run, without_and_with
 
 import atfork.integrations
@@ -425,3 +426,41 @@ def test_one_hook_for_both_integrations() -> None:
     assert hooks[0].active
     atfork_logging.disable()
     assert not hooks[0].active
+
+
+LOCKED_OBJECT_MUTEX = """\
+import ctypes, os, sys
+import atfork.integrations
+from atfork.testing import ChildTimeoutError, wait_child
+
+if {enabled!r}:
+    atfork.integrations.enable("stdio")
+# What CPython leaves when it hands sys.stdout's contended object mutex to
+# a waiting thread just before the fork: locked, its owner not in the child.
+mutex = ctypes.c_uint8.from_address(id(sys.stdout) + 10)
+mutex.value = 1
+pid = os.fork()
+if pid == 0:
+    print("child", flush=True)
+    os._exit(0)
+mutex.value = 0  # the parent's own, unlocked again before it writes
+try:
+    print("exit", wait_child(pid, timeout=10), flush=True)
+except ChildTimeoutError:
+    print("hang", flush=True)
+"""
+
+
+@pytest.mark.parametrize("with_atfork", [False, True])
+def test_object_mutex_left_locked_on_the_free_threaded_build(with_atfork: bool) -> None:
+    """On 3.14t a file's object mutex (its methods' critical section) can be
+    left locked in the child by a thread that is not there: the child's
+    first print() hangs without atfork, and works with it."""
+    if not FREE_THREADED:
+        pytest.skip("not on this Python: a free-threaded build's object mutex")
+    found = run_python(LOCKED_OBJECT_MUTEX.format(enabled=with_atfork), timeout=60)
+    lines = found.stdout.split("\n")
+    if with_atfork:
+        assert ["child", "exit 0", ""] == lines, found.stderr
+    else:
+        assert ["hang", ""] == lines, found.stderr
