@@ -290,8 +290,9 @@ def _size(buffer: Any, base: Any) -> int:
 # moment, the child has the mutex locked by a thread it does not have, and
 # the first use of the file hangs (seen with threads printing at once). In
 # the child, where this thread alone runs, a locked mutex of a covered file
-# is cleared before the file is used. No critical section of this thread is
-# on a file object here: it is in a fork hook, not in a file's method.
+# is cleared before the file is used. This thread holds none of them itself
+# unless it forked from inside a method of that file (from a raw file
+# written in Python, say), which this cannot tell and does not guard against.
 _OB_MUTEX: Callable[[object], Any] | None = None
 
 
