@@ -55,7 +55,7 @@ import weakref
 from typing import Any, Callable, TypeVar
 
 from atfork.integrations import PRIORITY_BUFFERS
-from atfork.integrations._toolkit import HookSlot
+from atfork.integrations._toolkit import FREE_THREADED, HookSlot
 
 __all__ = ["start", "stop", "track"]
 
@@ -301,9 +301,7 @@ def _object_mutexes() -> Callable[[object], Any] | None:
     ``ob_mutex`` byte (a ``ctypes`` view), if the object header is laid
     out as in 3.13t - 3.14t (``ob_mutex`` at offset 10, ``ob_type`` at 24);
     otherwise None."""
-    import sysconfig
-
-    if not sysconfig.get_config_var("Py_GIL_DISABLED"):
+    if not FREE_THREADED:
         return None
     import ctypes
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import functools
 import os
-import sysconfig
 import weakref
 from typing import Any, Callable, TypeVar
 
 from atfork.integrations._toolkit import (
+    FREE_THREADED,
     HookSlot,
     Versioned,
     keep_forever,
@@ -217,9 +217,8 @@ class Registry(Versioned[int, _Entry, tuple[int, _Entry]]):
 
 # -- the hook: prepare (free-threaded build): a copy of the registry. child --------
 
-#: With the GIL no other thread can be half way through a dict operation at the
-#: fork: the child reads the registry itself, and the parent does nothing.
-FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+# With the GIL no other thread can be half way through a dict operation at the
+# fork: the child reads the registry itself, and the parent does nothing.
 
 
 class ChildPass:

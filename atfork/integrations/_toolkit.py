@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import atexit
 import inspect
+import sysconfig
 import threading
 import weakref
 from _thread import get_ident
@@ -36,6 +37,7 @@ from typing import Any, Callable, Generic, TypeVar
 import atfork
 
 __all__ = [
+    "FREE_THREADED",
     "LOCK",
     "LOCK_TYPES",
     "RLOCKS",
@@ -57,6 +59,9 @@ S = TypeVar("S")
 T = TypeVar("T")
 
 Callback = Callable[[], object]
+
+#: The free-threaded build (3.13t, 3.14t): no GIL.
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 
 
 # -- the hook of an integration -------------------------------------------------

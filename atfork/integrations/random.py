@@ -111,7 +111,6 @@ import operator
 import os
 import random
 import sys
-import sysconfig
 import threading
 import weakref
 from _thread import get_ident
@@ -119,7 +118,13 @@ from typing import Any, Callable
 
 from atfork.integrations import PRIORITY_RANDOM
 from atfork.integrations._seed_sequence import Pool
-from atfork.integrations._toolkit import ForkStates, HookSlot, ref_or_strong, renew_locks
+from atfork.integrations._toolkit import (
+    FREE_THREADED,
+    ForkStates,
+    HookSlot,
+    ref_or_strong,
+    renew_locks,
+)
 
 __all__ = [
     "disable",
@@ -416,7 +421,6 @@ def _check_bit_generator(np_random: Any, bit_generator: Any) -> None:
 # them (_prune). enable() scans the heap once for what existed before.
 
 _RANDOM_BASE = random.Random.__mro__[1]  # _random.Random, the C type
-_FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 # The numpy types found, by module and name, and how each is reseeded; a
 # bit generator of another type (a subclass, a third-party one) is not.
 _NUMPY_TYPES = (
@@ -456,7 +460,7 @@ def _start_finding() -> None:
         return
     _finding = True
     random.Random.__new__ = _random_new_method  # type: ignore[assignment]
-    if not _FREE_THREADED:
+    if not FREE_THREADED:
         gc.callbacks.append(_before_collection)
     _watch_numpy()
     _scan(gc.get_objects(), everything=True)
