@@ -27,7 +27,6 @@ import json
 import os
 import resource
 import select
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from collections import defaultdict
 from typing import Any, Callable
 
 from bench_service import INTEGRATIONS, build_service
-from fork_latency import DEADLINE, medians
+from fork_latency import DEADLINE, medians, reap
 
 PHASES = ("prepare", "parent", "child")
 
@@ -111,12 +110,11 @@ def measure(forks: int, tmp: str) -> dict[str, float]:
             for label, value in counts.items():
                 figures[label].append(value)
             if not select.select([read], [], [], DEADLINE)[0]:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)  # killed: it ends at once
+                reap(pid, kill=True)
                 raise RuntimeError(f"child {pid} sent no report within {DEADLINE} s")
             for label, value in json.loads(os.read(read, 8192)).items():
                 figures[label].append(value)
-            os.waitpid(pid, 0)  # it has reported: it ends at once
+            reap(pid)
     finally:
         os.close(read)
         os.close(write)

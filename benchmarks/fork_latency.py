@@ -92,7 +92,7 @@ def time_forks(forks: int, in_child: Callable[[], object] | None = None) -> Figu
             ready, faults = _REPORT.unpack(_read_report(read, pid))
             child_ns.append(ready - start)
             child_faults.append(faults)
-            _reap(pid)
+            reap(pid)
     finally:
         os.close(read)
         os.close(write)
@@ -111,11 +111,11 @@ def _read_report(read: int, pid: int) -> bytes:
         report = os.read(read, _REPORT.size)
         if len(report) == _REPORT.size:
             return report
-    _reap(pid, kill=True)
+    reap(pid, kill=True)
     raise RuntimeError(f"child {pid} sent no report within {DEADLINE} s")
 
 
-def _reap(pid: int, kill: bool = False) -> None:
+def reap(pid: int, kill: bool = False) -> None:
     """Wait for child ``pid`` to end (killed first with ``kill``, or if it
     is still there at the deadline)."""
     deadline = time.monotonic() + DEADLINE

@@ -591,7 +591,7 @@ def finished(pid, deadline):
             return True
         time.sleep(0.01)
     os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
+    os.waitpid(pid, 0)  # killed: it ends at once
     return False
 
 threading.Thread(target=churn, daemon=True).start()

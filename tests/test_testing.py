@@ -42,7 +42,7 @@ def reaped(pid: int) -> bool:
         return True
     if not done:
         os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+        wait_child(pid, timeout=10)
     return False
 
 
