@@ -85,8 +85,9 @@ def build_service(tmp: str) -> dict[str, Any]:
     }
 
 
-def measure(mode: str, forks: int, tmp: str) -> Figures:
-    """In this interpreter: set up ``mode``, build the service, time its forks."""
+def set_up(mode: str, tmp: str) -> dict[str, Any]:
+    """Enable what ``mode`` enables, build the service, and in
+    ``all+tracked`` track its objects; return the service."""
     # Forks with threads alive warn on 3.12+; the benchmark knows.
     warnings.simplefilter("ignore", DeprecationWarning)
     if mode != "bare":
@@ -104,6 +105,12 @@ def measure(mode: str, forks: int, tmp: str) -> Figures:
         atfork_random.track(service["rng"])
         atfork_threading.track(service["executor"])
         atfork_threading.track(service["lock"])
+    return service
+
+
+def measure(mode: str, forks: int, tmp: str) -> Figures:
+    """In this interpreter: set up ``mode``, build the service, time its forks."""
+    set_up(mode, tmp)
     return time_forks(forks)
 
 

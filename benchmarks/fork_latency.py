@@ -7,6 +7,11 @@ For N no-op hook triples (prepare, parent, child) this measures two figures:
   callbacks (the child reads the same monotonic clock as soon as
   ``os.fork()`` returns in it).
 
+The modes: a bare fork, N triples given to ``os.register_at_fork``, N
+given to ``atfork.atfork``, and ``loop``: one ``os.register_at_fork``
+triple, each a Python loop over N no-ops, the floor of any dispatcher
+written in Python (no state of its own, nothing to look up).
+
 Each measurement runs in a fresh interpreter that imports atfork (so that
 every mode copies the same memory at fork, and only the dispatch differs);
 the modes take turns over
@@ -34,7 +39,7 @@ import sys
 import time
 from typing import Callable
 
-MODES = ("bare", "register_at_fork", "atfork")
+MODES = ("bare", "register_at_fork", "loop", "atfork")
 #: What a measurement gives: the median parent and child-ready latencies
 #: (ns), and page faults per fork in the parent and in the child.
 Figures = tuple[float, float, float, float]
@@ -55,6 +60,16 @@ def measure(mode: str, hooks: int, forks: int) -> Figures:
     if mode == "register_at_fork":
         for _ in range(hooks):
             os.register_at_fork(before=noop, after_in_parent=noop, after_in_child=noop)
+    elif mode == "loop":
+        # The least a dispatcher written in Python costs: one registration
+        # per phase, a loop over a tuple, and no state of its own.
+        calls = (noop,) * hooks
+
+        def loop() -> None:
+            for call in calls:
+                call()
+
+        os.register_at_fork(before=loop, after_in_parent=loop, after_in_child=loop)
     elif mode == "atfork":
         # The dispatcher is installed by the first registration; an empty
         # registry is measured with it installed.
@@ -211,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.hooks:
         for figure_name, base in (
             ("os.register_at_fork", ("register_at_fork", n)),
+            ("a Python loop", ("loop", n)),
             ("bare fork", ("bare", 0)),
         ):
             ratios = [median[("atfork", n)][f] / median[base][f] for f in (0, 1)]

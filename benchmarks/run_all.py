@@ -27,6 +27,7 @@ BENCHMARKS = (
     "bench_http",
     "bench_service",
     "bench_faults",
+    "bench_pages",
 )
 #: Seconds one benchmark may take before the run fails.
 DEADLINE = 3600
