@@ -103,14 +103,14 @@ def _count(
         for index, (was, now) in enumerate(zip(old.cast("Q"), new.cast("Q"))):
             if _own(now) and not _own(was) and not any(first + index in r for r in skip):
                 counts[region] += 1
-    covered = [range(start // _PAGE, end // _PAGE) for start, end, _ in maps]
+    known = [range(start // _PAGE, end // _PAGE) for start, end, _ in maps] + skip
     with open("/proc/self/pagemap", "rb", buffering=0) as pagemap:
         for start, end, _ in _writable_maps():
             pages = range(start // _PAGE, end // _PAGE)
             pagemap.seek(pages.start * _ENTRY)
             entries = memoryview(pagemap.read(len(pages) * _ENTRY)).cast("Q")
             for page, entry in zip(pages, entries):
-                if entry & _PRESENT and not any(page in r for r in covered + skip):
+                if entry & _PRESENT and not any(page in r for r in known):
                     counts["new"] += 1
     return counts
 
