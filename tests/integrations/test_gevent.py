@@ -25,6 +25,13 @@ monkey.patch_all()
 
 import json, multiprocessing, os, sys
 import gevent, gevent.hub
+
+# gevent's waitpid() learns of a child's exit from its SIGCHLD handler, which
+# it installs at its first child watcher: the patched os.fork starts that
+# after the fork, and a first child that has exited before then is never
+# reaped (gevent #622). A program that has run a subprocess has the handler
+# already; this one installs it first.
+gevent.get_hub().loop.install_sigchld()
 import atfork, atfork.integrations
 from atfork.testing import wait_child
 
