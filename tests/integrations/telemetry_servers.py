@@ -88,13 +88,17 @@ class Collector:
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.names: list[str] = []
+        # The client port each name arrived from: one per connection.
+        self.ports: dict[str, set[int]] = {}
         self.requests = 0
         self._slow = False
         self.held = 0
 
-    def add(self, names: list[str]) -> None:
+    def add(self, names: list[str], port: int) -> None:
         with self.changed:
             self.names += names
+            for name in names:
+                self.ports.setdefault(name, set()).add(port)
             self.requests += 1
             self.changed.notify_all()
 
@@ -179,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             names = _otlp_names(self.path, body)
         self.collector.hold()
-        self.collector.add(names)
+        self.collector.add(names, self.client_address[1])
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "2")

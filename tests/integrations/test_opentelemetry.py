@@ -1,13 +1,16 @@
 """The OpenTelemetry SDK across fork, against a local OTLP/HTTP collector
-(telemetry_servers): regression tests that atfork's integrations do not
-break what the SDK does itself.
+(telemetry_servers).
 
 The SDK's batch processors re-make their queue, lock, event and thread in
-a forked child (``os.register_at_fork``), so each span and log record
-arrives once, from the process that made it, without atfork too. Each
-scenario runs in a fresh interpreter, without atfork and with its
-integrations enabled; every span and log record is named by what made it
-and the pid of the process that made it.
+a forked child (``os.register_at_fork``), so each span and log record is
+sent once, from the process that made it, without atfork too: regression
+tests that atfork's integrations do not break that. What the SDK leaves
+alone is its OTLP/HTTP exporters' ``requests.Session``: a child forked
+after the parent has sent sends on the parent's keep-alive connection,
+which atfork's ``http`` integration keeps from it. Each scenario runs in a
+fresh interpreter, without atfork and with its integrations enabled; every
+span and log record is named by what made it and the pid of the process
+that made it.
 """
 
 from __future__ import annotations
@@ -139,7 +142,9 @@ report({"codes": codes, "pid": os.getpid(), "children": pids})
 """
 
 # A multiprocessing pool of three forked workers, each task flushing (a pool
-# worker exits without the interpreter's shutdown).
+# worker exits without the interpreter's shutdown). The parent's span waits
+# in the batch until its exit: its exporters have not connected when the
+# workers fork (see EXPORTED).
 POOL = """
 import multiprocessing
 
@@ -152,6 +157,16 @@ make("first")
 with multiprocessing.get_context("fork").Pool(3) as pool:
     pids = pool.map(task, ["task{}".format(i) for i in range(6)], chunksize=1)
 report({"codes": [0], "pid": os.getpid(), "tasks": pids})
+"""
+
+
+# The parent has sent its span and log (its exporters' connections are idle
+# in their sessions' pools) when it forks a child, which sends its own.
+EXPORTED = """
+make("first")
+flush()
+pid = fork(lambda: (make("child"), flush()))
+report({"codes": [wait_child(pid, timeout=30)], "pid": os.getpid(), "children": [pid]})
 """
 
 
@@ -225,11 +240,43 @@ def test_a_fork_pool_sends_each_span_once(
 ) -> None:
     """A fork pool whose tasks flush sends each task's span and log once,
     from the worker that ran it."""
-    result, found = scenario(collector, POOL, with_atfork=with_atfork)
+    result, found = scenario(collector, POOL, with_atfork=with_atfork, delay=60000)
     made = [f"first-{result['pid']}"]
     made += [f"task{i}-{pid}" for i, pid in enumerate(result["tasks"])]
     names = names_of(made)
     assert dict.fromkeys(names, 1) == arrived(found, names)
+
+
+def connections(result: dict[str, Any], found: Collector) -> tuple[set[int], set[int]]:
+    """The client ports the parent's and the child's spans and logs came from."""
+    names = parent_and_children(result, ("first",))
+    assert dict.fromkeys(names, 1) == arrived(found, names)
+    parent = found.ports[f"span-first-{result['pid']}"] | found.ports[f"log-first-{result['pid']}"]
+    child = found.ports[f"span-child-{result['children'][0]}"]
+    return parent, child | found.ports[f"log-child-{result['children'][0]}"]
+
+
+def test_without_atfork_a_child_sends_on_the_parents_connection(
+    collector: tuple[Collector, str],
+) -> None:
+    """The exporters' sessions keep the parent's connections alive, and the
+    child's next export goes out on one of them: the two processes share a
+    connection, and whichever reads first takes the other's answer."""
+    result, found = scenario(collector, EXPORTED, with_atfork=False)
+    assert [0] == result["codes"]
+    parent, child = connections(result, found)
+    assert parent & child
+
+
+def test_with_the_http_integration_a_child_sends_on_its_own_connection(
+    collector: tuple[Collector, str],
+) -> None:
+    """With atfork's integrations (``http`` among them) the child's
+    exporters open connections of their own; the parent's are untouched."""
+    result, found = scenario(collector, EXPORTED, with_atfork=True)
+    assert [0] == result["codes"]
+    parent, child = connections(result, found)
+    assert not parent & child
 
 
 INSTALLED = "site-packages" in atfork.__file__  # atfork.pth is active only when installed
@@ -253,16 +300,18 @@ def app(environ, start_response):
 
 @pytest.mark.skipif(GUNICORN is None, reason="gunicorn is not installed")
 @pytest.mark.skipif(not INSTALLED, reason="atfork.pth is only active when installed")
-@pytest.mark.parametrize("integrations", ["", INTEGRATIONS], ids=["without", "with"])
 def test_gunicorn_preload_workers_send_their_own_spans_once(
-    collector: tuple[Collector, str], tmp_path: Path, integrations: str
+    collector: tuple[Collector, str], tmp_path: Path
 ) -> None:
     """gunicorn --preload with three workers: the master's span and log
     (made at import) and each worker's (one per request) arrive once each,
-    and every worker boots and exits (SIGTERM: the flush at exit)."""
+    and every worker boots and exits (SIGTERM: the flush at exit), with
+    atfork's integrations (without them, a worker's spans are lost in some
+    runs: when the master has sent before the workers fork, they all share
+    its keep-alive connection and send on it at once when they exit)."""
     found, url = collector
     app = APP.format(setup=SETUP)
-    master, answers, log = preload(tmp_path, url, app, integrations)
+    master, answers, log = preload(tmp_path, url, app, INTEGRATIONS)
     assert 3 == len(answers), log
     # Each worker has flushed at its exit, before the master's ended.
     names = names_of([f"master-{master}"] + [f"request0-{pid}" for pid in answers])
