@@ -132,8 +132,16 @@ def _wait(pid: int, deadline: float) -> int | None:
         delay = min(delay * 2, 0.05)
 
 
+# How long a killed child may take to be reaped. SIGKILL cannot be ignored,
+# but a waitpid() that learns of exits from a SIGCHLD handler (gevent's,
+# monkey-patched) never reports a child whose signal came before the handler
+# was installed: such a child is left unreaped rather than waited for ever.
+_REAP_GRACE = 5.0
+
+
 def _kill(pid: int, stack_fd: int | None) -> str:
-    """Dump the stack of child ``pid`` (if it can), then kill and reap it."""
+    """Dump the stack of child ``pid`` (if it can), then kill and reap it
+    (give up on reaping it after :data:`_REAP_GRACE` seconds)."""
     stack = ""
     try:
         if stack_fd is not None:
@@ -142,8 +150,15 @@ def _kill(pid: int, stack_fd: int | None) -> str:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:  # it finished meanwhile
         pass
-    os.waitpid(pid, 0)  # SIGKILL cannot be ignored: this returns at once
+    _reap(pid)
     return stack
+
+
+def _reap(pid: int) -> None:
+    """Reap child ``pid``, which was sent SIGKILL (or has ended)."""
+    deadline = time.monotonic() + _REAP_GRACE
+    while not os.waitpid(pid, os.WNOHANG)[0] and time.monotonic() < deadline:
+        time.sleep(0.001)
 
 
 def _describe_status(status: int) -> str:
@@ -165,10 +180,19 @@ def wait_child(pid: int, *, timeout: float = 30.0) -> int:
     :raises ValueError: ``pid`` is 0 or below.
     :raises ChildProcessError: ``pid`` is not a child of this process.
     :raises ChildTimeoutError: the child was still running at the deadline;
-        it was killed.
+        it was killed (and reaped, unless :func:`os.waitpid` had not
+        reported its end a few seconds later: see below).
 
     Any other exception while it waits (``KeyboardInterrupt``, say) kills
     and reaps the child too, unless ``pid`` is not a child of this process.
+
+    It waits through :func:`os.waitpid` as the program has it. Under
+    gevent's monkey-patching that is gevent's, which learns of a child's end
+    from its SIGCHLD handler, installed with its first child watcher, after
+    the first fork: a child that ended before then is never reported, looks
+    alive until the deadline, and is left unreaped after the kill (a gevent
+    program that calls ``gevent.get_hub().loop.install_sigchld()`` before it
+    first forks has no such child).
 
     .. versionadded:: 0.1
     """

@@ -87,3 +87,40 @@ def test_child_callbacks_run_once_per_child(mode: str) -> None:
     assert 0 == result.returncode, result.stderr
     found = json.loads(result.stdout.splitlines()[-1])
     assert [found["pid"]] == found["first"] == found["last"]
+
+
+# The child ends before the patched os.fork starts watching it, in a process
+# that has never installed gevent's SIGCHLD handler: gevent's waitpid() never
+# reports it.
+UNREPORTED = """
+from gevent import monkey
+monkey.patch_all()
+
+import json, os, time
+import atfork
+from atfork.testing import ChildTimeoutError, wait_child
+
+def until_a_child_has_ended():
+    os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # it stays unreaped
+
+hook = atfork.atfork(parent=until_a_child_has_ended, name="waits for the child's end")
+pid = os.fork()
+if pid == 0:
+    os._exit(0)
+hook.unregister()
+try:
+    outcome = "exit code {}".format(wait_child(pid, timeout=1))
+except ChildTimeoutError:
+    outcome = "timed out"
+print(json.dumps(outcome))
+"""
+
+
+def test_wait_child_returns_for_a_child_gevent_never_reports() -> None:
+    """wait_child ends at its deadline (plus a few seconds to reap) for a
+    child whose end gevent's waitpid never reports, rather than waiting for
+    ever to reap the child it killed."""
+    result = run_python(textwrap.dedent(UNREPORTED), timeout=30)
+    assert not result.timed_out, f"wait_child hung:\n{result.stderr}"
+    assert 0 == result.returncode, result.stderr
+    assert json.loads(result.stdout.splitlines()[-1]) in ("timed out", "exit code 0")
