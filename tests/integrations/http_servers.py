@@ -5,17 +5,19 @@ runner for scenarios.
 HTTP/1.1 keep-alive server on plain TCP and one on TLS (a certificate
 trustme makes at test time), both on 127.0.0.1 with ports the system
 chose, and one shared log of the requests they received. Every answer
-names the connection that carried it, by the client's port, so a test can
-tell which connection served what:
+names the connection that carried it, by a number the servers give each
+connection in turn (not by the client's port, which a later connection may
+be given again once one has closed), so a test can tell which connection
+served what:
 
 ``GET /echo?who=NAME``
-    answers ``{"who": NAME, "port": PORT}`` at once.
+    answers ``{"who": NAME, "connection": NUMBER}`` at once.
 ``GET /hold?who=NAME``
     the same answer, held back until the next request has arrived on the
     same connection (a request sent behind it) or ``/_release?who=NAME``
     is asked; so a test arranges which response a reader gets first.
 ``HEAD /BUCKET`` (an S3 ``HeadBucket``)
-    answers 200 with the headers ``x-who: BUCKET`` and ``x-port: PORT``.
+    answers 200 with the headers ``x-who: BUCKET`` and ``x-connection: NUMBER``.
 ``GET /_wait?who=NAME``
     answers the log entry of NAME's request once it has arrived.
 ``GET /_release?who=NAME``
@@ -61,6 +63,13 @@ class _Log:
         self.changed = threading.Condition()
         self.entries: list[dict[str, Any]] = []
         self.released: set[str] = set()
+        self.connections = 0  # how many connections the servers accepted
+
+    def number(self) -> int:
+        """The next connection's number."""
+        with self.changed:
+            self.connections += 1
+            return self.connections
 
     def add(self, entry: dict[str, Any]) -> None:
         with self.changed:
@@ -88,6 +97,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self.number = self.log.number()  # this handler serves one connection
         if isinstance(self.connection, ssl.SSLSocket):
             self.connection.settimeout(PATIENCE)
             self.connection.do_handshake()
@@ -124,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         who = parse_qs(url.query).get("who", [""])[0]
-        port = self.client_address[1]
+        number = self.number
         if url.path == "/_wait":
             self._answer(json.dumps(self.log.wait_for(who)).encode())
         elif url.path == "/_release":
@@ -135,17 +145,17 @@ class _Handler(BaseHTTPRequestHandler):
                 found = [e for e in self.log.entries if e["who"].startswith(who)]
             self._answer(json.dumps(found).encode())
         else:
-            entry = {"who": who, "port": port, "scheme": self.scheme, "path": url.path}
+            entry = {"who": who, "connection": number, "scheme": self.scheme, "path": url.path}
             self.log.add(entry)
             if url.path == "/hold":
                 self._hold(who)
-            self._answer(json.dumps({"who": who, "port": port}).encode())
+            self._answer(json.dumps({"who": who, "connection": number}).encode())
 
     def do_HEAD(self) -> None:
         who = urlsplit(self.path).path.strip("/").split("/")[0]
-        port = self.client_address[1]
-        self.log.add({"who": who, "port": port, "scheme": self.scheme, "path": self.path})
-        self._answer(b"", {"x-who": who, "x-port": str(port)})
+        number = self.number
+        self.log.add({"who": who, "connection": number, "scheme": self.scheme, "path": self.path})
+        self._answer(b"", {"x-who": who, "x-connection": str(number)})
 
 
 class _Server(ThreadingHTTPServer):
@@ -272,8 +282,8 @@ def control(what, name):
 
 
 def connections():
-    # The client ports the servers saw this scenario's requests come from.
-    return sorted({{e["port"] for e in control("log", "")}})
+    # The connections the servers saw this scenario's requests come on.
+    return sorted({{e["connection"] for e in control("log", "")}})
 
 
 def new_client(library):
