@@ -96,7 +96,7 @@ UNREPORTED = """
 from gevent import monkey
 monkey.patch_all()
 
-import json, os, time
+import json, os
 import atfork
 from atfork.testing import ChildTimeoutError, wait_child
 
