@@ -8,9 +8,9 @@ tests that atfork's integrations do not break that. What the SDK leaves
 alone is its OTLP/HTTP exporters' ``requests.Session``: a child forked
 after the parent has sent sends on the parent's keep-alive connection,
 which atfork's ``http`` integration keeps from it. Each scenario runs in a
-fresh interpreter, without atfork and with its integrations enabled; every
-span and log record is named by what made it and the pid of the process
-that made it.
+fresh interpreter, without atfork and with its integrations enabled (the
+gunicorn one with them only); every span and log record is named by what
+made it and the pid of the process that made it.
 """
 
 from __future__ import annotations
