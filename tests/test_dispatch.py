@@ -467,7 +467,7 @@ class Slow(logging.Handler):
             sys.stdout.flush()
         else:
             emitting.set()
-            time.sleep(60)  # holds the handler lock, mid-emit, across the fork
+            threading.Event().wait()  # holds the handler lock, mid-emit, for ever
 
 logging.getLogger("scenario").addHandler(Slow())
 threading.Thread(target=logging.getLogger("scenario").warning, args=("slow",), daemon=True).start()
@@ -585,13 +585,18 @@ def churn():
             warnings.warn("churn")
         turn.set()
 
-def finished(pid, deadline):
+def reaped(pid, deadline):
     while time.monotonic() < deadline:
         if os.waitpid(pid, os.WNOHANG)[0]:
             return True
         time.sleep(0.01)
+    return False
+
+def finished(pid, deadline):
+    if reaped(pid, deadline):
+        return True
     os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)  # killed: it ends at once
+    reaped(pid, time.monotonic() + 5)  # killed: it ends at once
     return False
 
 threading.Thread(target=churn, daemon=True).start()

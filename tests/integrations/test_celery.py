@@ -253,6 +253,13 @@ class Worker:
         """The pool's children: the processes the master started."""
         return {pid for pid, (ppid, _) in self.group().items() if ppid == self.process.pid}
 
+    def asleep_on_a_lock(self, pid: int) -> bool:
+        """Whether process ``pid`` (its main thread) waits on a futex: a lock."""
+        try:
+            return "futex" in Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:  # it ended
+            return False
+
     def starts(self) -> list[tuple[int, int, bool]]:
         """(pid, task, whether the handler's lock was held) for each task that started."""
         if not self.probe.exists():
@@ -346,8 +353,8 @@ def test_without_atfork_each_child_hangs_in_its_first_log_call(
     the worker is ready, after its pool forked: each child gets the lock
     held, and no thread of the child will release it (a thread that merely
     logs all the time leaves it held at some forks only). Each child finds
-    it held as its first task starts; the wait that follows only confirms
-    that nothing moves."""
+    it held as its first task starts; once each is asleep on a lock, the
+    test confirms that nothing moves."""
     worker = worker_in("")
     worker.client("send")
     deadline = time.monotonic() + 60
@@ -357,6 +364,8 @@ def test_without_atfork_each_child_hangs_in_its_first_log_call(
     starts = worker.starts()
     assert worker.children() == {pid for pid, _, _ in starts}, worker.report("not the pool")
     assert [True] * CHILDREN == [locked for _, _, locked in starts], worker.report("lock free")
-    time.sleep(2)
+    while not all(worker.asleep_on_a_lock(pid) for pid, _, _ in starts):
+        assert time.monotonic() < deadline, worker.report("a child is not waiting on a lock")
+        time.sleep(0.1)
     assert CHILDREN == len(worker.starts()), worker.report("tasks went on")
     assert [] == [line for line in log_lines(worker) if line.startswith("task")]
