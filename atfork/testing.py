@@ -150,15 +150,8 @@ def _kill(pid: int, stack_fd: int | None) -> str:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:  # it finished meanwhile
         pass
-    _reap(pid)
+    _wait(pid, time.monotonic() + _REAP_GRACE)
     return stack
-
-
-def _reap(pid: int) -> None:
-    """Reap child ``pid``, which was sent SIGKILL (or has ended)."""
-    deadline = time.monotonic() + _REAP_GRACE
-    while not os.waitpid(pid, os.WNOHANG)[0] and time.monotonic() < deadline:
-        time.sleep(0.001)
 
 
 def _describe_status(status: int) -> str:

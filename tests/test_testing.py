@@ -297,7 +297,18 @@ def test_an_interrupted_wait_child_kills_the_child(monkeypatch: pytest.MonkeyPat
     pid = os.fork()
     if pid == 0:  # pragma: no cover  (coverage is shut down by os._exit)
         hang_forever()
-    monkeypatch.setattr(atfork.testing, "_wait", interrupt)
+    wait = atfork.testing._wait
+    waits: list[int] = []
+
+    def interrupt_the_first(pid: int, deadline: float) -> int | None:
+        # Ctrl-C during the wait for the child; the reaping after the kill
+        # waits as it does.
+        waits.append(pid)
+        if len(waits) == 1:
+            interrupt()
+        return wait(pid, deadline)
+
+    monkeypatch.setattr(atfork.testing, "_wait", interrupt_the_first)
     with pytest.raises(KeyboardInterrupt):
         wait_child(pid, timeout=30)
     assert reaped(pid)

@@ -134,7 +134,6 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         url = urlsplit(self.path)
         who = parse_qs(url.query).get("who", [""])[0]
-        number = self.number
         if url.path == "/_wait":
             self._answer(json.dumps(self.log.wait_for(who)).encode())
         elif url.path == "/_release":
@@ -145,17 +144,17 @@ class _Handler(BaseHTTPRequestHandler):
                 found = [e for e in self.log.entries if e["who"].startswith(who)]
             self._answer(json.dumps(found).encode())
         else:
-            entry = {"who": who, "connection": number, "scheme": self.scheme, "path": url.path}
+            entry = {"who": who, "connection": self.number, "scheme": self.scheme, "path": url.path}
             self.log.add(entry)
             if url.path == "/hold":
                 self._hold(who)
-            self._answer(json.dumps({"who": who, "connection": number}).encode())
+            self._answer(json.dumps({"who": who, "connection": self.number}).encode())
 
     def do_HEAD(self) -> None:
         who = urlsplit(self.path).path.strip("/").split("/")[0]
-        number = self.number
-        self.log.add({"who": who, "connection": number, "scheme": self.scheme, "path": self.path})
-        self._answer(b"", {"x-who": who, "x-connection": str(number)})
+        entry = {"who": who, "connection": self.number, "scheme": self.scheme, "path": self.path}
+        self.log.add(entry)
+        self._answer(b"", {"x-who": who, "x-connection": str(self.number)})
 
 
 class _Server(ThreadingHTTPServer):

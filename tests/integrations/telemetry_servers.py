@@ -88,17 +88,24 @@ class Collector:
     def __init__(self) -> None:
         self.changed = threading.Condition()
         self.names: list[str] = []
-        # The client port each name arrived from: one per connection.
-        self.ports: dict[str, set[int]] = {}
+        # The connections each name arrived on, numbered as accepted.
+        self.connections: dict[str, set[int]] = {}
+        self.accepted = 0
         self.requests = 0
         self._slow = False
         self.held = 0
 
-    def add(self, names: list[str], port: int) -> None:
+    def number(self) -> int:
+        """The next connection's number."""
+        with self.changed:
+            self.accepted += 1
+            return self.accepted
+
+    def add(self, names: list[str], connection: int) -> None:
         with self.changed:
             self.names += names
             for name in names:
-                self.ports.setdefault(name, set()).add(port)
+                self.connections.setdefault(name, set()).add(connection)
             self.requests += 1
             self.changed.notify_all()
 
@@ -153,6 +160,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     collector: Collector
 
+    def setup(self) -> None:
+        super().setup()
+        self.number = self.collector.number()  # this handler serves one connection
+
     def log_message(self, format: str, *args: Any) -> None:
         pass  # quiet: the tests read the collector instead
 
@@ -183,7 +194,7 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             names = _otlp_names(self.path, body)
         self.collector.hold()
-        self.collector.add(names, self.client_address[1])
+        self.collector.add(names, self.number)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", "2")

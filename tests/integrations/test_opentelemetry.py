@@ -248,12 +248,12 @@ def test_a_fork_pool_sends_each_span_once(
 
 
 def connections(result: dict[str, Any], found: Collector) -> tuple[set[int], set[int]]:
-    """The client ports the parent's and the child's spans and logs came from."""
+    """The connections the parent's and the child's spans and logs came on."""
     names = parent_and_children(result, ("first",))
     assert dict.fromkeys(names, 1) == arrived(found, names)
-    parent = found.ports[f"span-first-{result['pid']}"] | found.ports[f"log-first-{result['pid']}"]
-    child = found.ports[f"span-child-{result['children'][0]}"]
-    return parent, child | found.ports[f"log-child-{result['children'][0]}"]
+    parent, child = f"first-{result['pid']}", f"child-{result['children'][0]}"
+    on = found.connections
+    return on[f"span-{parent}"] | on[f"log-{parent}"], on[f"span-{child}"] | on[f"log-{child}"]
 
 
 def test_without_atfork_a_child_sends_on_the_parents_connection(
